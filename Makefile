@@ -1,0 +1,44 @@
+# The course in two commands:  `make lab` (set up + open JupyterLab)  and  `make test` (set up + run every test).
+# Setup is idempotent: the virtual environment is rebuilt only when a requirements file changes.
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.course-installed
+KERNEL := compression-course
+# pytest-xdist workers; each notebook kernel then uses COURSE_THREADS torch threads.
+TEST_ARGS ?=
+
+.PHONY: setup lab test notebooks students bench clean
+
+setup: $(STAMP)
+	@$(PY) -m course_lib.data
+
+$(STAMP): requirements.txt requirements-data.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "the course needs Python 3.11: run `make PYTHON=/path/to/python3.11 ...`")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-data.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (compression course)" >/dev/null
+	@touch $(STAMP)
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/00_welcome.ipynb
+
+test: setup
+	$(PY) -m pytest $(TEST_ARGS)
+
+# Authors: re-execute the solved notebooks in place, then regenerate the student copies.
+notebooks: setup
+	$(PY) -m course_lib.notebooks execute
+	$(PY) -m course_lib.notebooks students
+
+students: setup
+	$(PY) -m course_lib.notebooks students
+
+bench: setup
+	$(PY) -m course_lib.bench all
+
+clean:
+	rm -rf $(VENV) course_lib.egg-info

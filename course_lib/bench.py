@@ -1,0 +1,179 @@
+"""Re-measure a topic's headline results on this machine.
+
+    python -m course_lib.bench TOPIC [--json] [--device cpu|cuda] [--threads N]
+
+TOPIC is one of the course's topics or ``all``. Each row compares a (compressed) variant with its
+uncompressed baseline measured in the same run, on the same inputs: accuracy on the real test set,
+bytes of the written-and-reloaded file, and latency (median of alternating timed rounds, with p10-p90).
+``--json`` prints only a JSON list of rows on stdout. Exit status 2 for an unknown topic or device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from course_lib.data import load_fashion_mnist, load_lee_corpus
+from course_lib.measure import LatencyStats, compare_latency, save_state_dict
+from course_lib.minilm import MiniLM, lee_correlation, load_minilm, tokenize
+from course_lib.models import build_model, load_reference
+from course_lib.runtime import Runtime, setup
+from course_lib.train import evaluate
+
+TOPICS = ("baseline", "dataflow", "quantization", "pruning", "sharing", "distillation", "decomposition",
+          "memory", "pipeline")
+FASHION_MODELS = ("lenet_300_100", "lenet5", "course_cnn")
+BATCH_SIZES = (1, 64)
+MINILM_SEQUENCE_LENGTH = 128
+
+
+@dataclass
+class Row:
+    """One scoreboard row (the schema of COURSE.md section 4, plus spread and hardware)."""
+
+    topic: str
+    model: str
+    variant: str
+    device: str
+    batch_size: int
+    threads: int
+    metric_name: str
+    metric: float
+    baseline_metric: float
+    size_bytes: int
+    baseline_size_bytes: int
+    compression: float
+    latency_ms: float
+    baseline_latency_ms: float
+    speedup: float
+    latency_p10_ms: float
+    latency_p90_ms: float
+    cpu_capability: str
+    torch_version: str
+
+
+def make_row(rt: Runtime, topic: str, model: str, variant: str, batch_size: int, metric_name: str,
+             metric: float, baseline_metric: float, size_bytes: int, baseline_size_bytes: int,
+             latency: LatencyStats, baseline_latency: LatencyStats) -> Row:
+    """Assemble a row; compression and speedup are derived from the measured values."""
+    return Row(
+        topic=topic, model=model, variant=variant, device=rt.device.type, batch_size=batch_size,
+        threads=rt.threads, metric_name=metric_name, metric=round(metric, 4),
+        baseline_metric=round(baseline_metric, 4), size_bytes=size_bytes, baseline_size_bytes=baseline_size_bytes,
+        compression=round(baseline_size_bytes / size_bytes, 3), latency_ms=round(latency.median_ms, 3),
+        baseline_latency_ms=round(baseline_latency.median_ms, 3),
+        speedup=round(baseline_latency.median_ms / latency.median_ms, 3),
+        latency_p10_ms=round(latency.p10_ms, 3), latency_p90_ms=round(latency.p90_ms, 3),
+        cpu_capability=rt.cpu_capability, torch_version=rt.torch_version,
+    )
+
+
+def _write_and_reload(model: nn.Module, rebuild: Callable[[], nn.Module], folder: Path, name: str,
+                      device: torch.device) -> tuple[nn.Module, int]:
+    """Save the model to the file we would ship, reload it into a fresh model, return both with the size."""
+    path = folder / f"{name}.safetensors"
+    size = save_state_dict(model, path)
+    reloaded = rebuild()
+    reloaded.load_state_dict(load_file(str(path)))
+    return reloaded.to(device).eval(), size
+
+
+def _baseline_fashion(rt: Runtime, name: str, folder: Path) -> list[Row]:
+    model, size = _write_and_reload(load_reference(name), lambda: build_model(name), folder, name, rt.device)
+    accuracy = evaluate(model, device=rt.device)
+    images = load_fashion_mnist("test").images
+    rows = []
+    for batch in BATCH_SIZES:
+        x = images[:batch].to(rt.device)
+        latency = compare_latency({"fp32": model}, (x,), rounds=30 if batch == 1 else 15)["fp32"]
+        rows.append(make_row(rt, "baseline", name, "fp32", batch, "accuracy", accuracy, accuracy, size, size,
+                             latency, latency))
+    return rows
+
+
+def minilm_inputs(batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of Lee-corpus documents as token ids and mask, padded/truncated to 128 tokens."""
+    documents, _ = load_lee_corpus()
+    chosen = [documents[i % len(documents)] for i in range(batch_size)]
+    tokens = tokenize(chosen, max_length=MINILM_SEQUENCE_LENGTH, pad_to=MINILM_SEQUENCE_LENGTH)
+    return tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+
+
+def _baseline_minilm(rt: Runtime, folder: Path) -> list[Row]:
+    model, size = _write_and_reload(load_minilm(), MiniLM, folder, "minilm", rt.device)
+    correlation = lee_correlation(model)
+    rows = []
+    for batch in BATCH_SIZES:
+        latency = compare_latency({"fp32": model}, minilm_inputs(batch, rt.device), rounds=15 if batch == 1 else 7,
+                                  warmup=2)["fp32"]
+        rows.append(make_row(rt, "baseline", "minilm", "fp32", batch, "lee_pearson_r", correlation, correlation,
+                             size, size, latency, latency))
+    return rows
+
+
+def baseline(rt: Runtime) -> list[Row]:
+    """fp32 reference models: accuracy (MiniLM: Lee-corpus Pearson r), file bytes, latency at batch 1 and 64."""
+    with tempfile.TemporaryDirectory() as folder:
+        rows = [row for name in FASHION_MODELS for row in _baseline_fashion(rt, name, Path(folder))]
+        return rows + _baseline_minilm(rt, Path(folder))
+
+
+IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline}
+
+
+def format_table(rows: list[Row]) -> str:
+    """Rows as a fixed-width text table."""
+    header = f"{'topic':<10} {'model':<14} {'variant':<10} {'dev':<4} {'batch':>5} {'metric':>18} " \
+             f"{'size':>11} {'x':>5} {'latency ms (p10-p90)':>24} {'speedup':>7}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        spread = f"{r.latency_ms:.2f} ({r.latency_p10_ms:.2f}-{r.latency_p90_ms:.2f})"
+        lines.append(f"{r.topic:<10} {r.model:<14} {r.variant:<10} {r.device:<4} {r.batch_size:>5} "
+                     f"{r.metric_name + ' ' + format(r.metric, '.4f'):>18} {r.size_bytes:>11,} {r.compression:>5.2f} "
+                     f"{spread:>24} {r.speedup:>7.2f}")
+    return "\n".join(lines)
+
+
+def run(topic: str, device: str, threads: int | None = None) -> list[Row]:
+    """Measure a topic's rows (``all``: every implemented topic)."""
+    rt = setup(device=device, threads=threads)
+    topics = list(IMPLEMENTED) if topic == "all" else [topic]
+    return [row for t in topics for row in IMPLEMENTED[t](rt)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("topic", help=f"one of: {', '.join(TOPICS)}, all")
+    parser.add_argument("--json", action="store_true", help="print only a JSON list of rows on stdout")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: COURSE_THREADS or 2)")
+    args = parser.parse_args(argv)
+    if args.topic not in (*TOPICS, "all"):
+        parser.error(f"unknown topic {args.topic!r}: choose one of {', '.join(TOPICS)}, all")
+    if args.topic != "all" and args.topic not in IMPLEMENTED:
+        parser.error(f"topic {args.topic!r} has no benchmark yet (implemented: {', '.join(IMPLEMENTED)})")
+    if args.device not in ("cpu", "cuda"):
+        parser.error(f"unknown device {args.device!r}: use cpu or cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda was requested but PyTorch sees no CUDA GPU: use --device cpu")
+    rows = run(args.topic, args.device, args.threads)
+    if args.json:
+        json.dump([dataclasses.asdict(r) for r in rows], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

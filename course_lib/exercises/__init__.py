@@ -1,0 +1,52 @@
+"""Checkers for the course's exercises, one module per notebook.
+
+A checker prints a short confirmation when the answer is right and raises :class:`ExerciseError`
+when it is wrong, with what was expected, what was seen, and a hint. Checkers never reveal the
+solution outright: they say what kind of mistake the answer looks like.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+
+class ExerciseError(AssertionError):
+    """A wrong answer to an exercise; the message says what was expected and gives a hint."""
+
+
+def passed(exercise: str, what: str) -> None:
+    """Print the confirmation for a correct answer."""
+    print(f"✅ Exercise {exercise} passed: {what}")
+
+
+def fail(exercise: str, expected: str, got: str, hint: str) -> None:
+    """Raise :class:`ExerciseError` with the course's three-part message."""
+    raise ExerciseError(f"Exercise {exercise}: expected {expected}, got {got}.\nHint: {hint}")
+
+
+def require_number(exercise: str, name: str, value: object) -> float:
+    """The answer as a number, or a clear error if it is not one (e.g. a tensor or a string)."""
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(exercise, f"{name} as a plain Python number", f"{type(value).__name__} {value!r}",
+             "convert with int(...) or float(...) (for a one-element tensor: .item()).")
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(exercise, f"a finite {name}", repr(value), "check for a division by zero or an overflow.")
+    return value
+
+
+def check_number(exercise: str, name: str, value: object, expected: float, rel_tol: float = 0.0,
+                 mistakes: Mapping[float, str] | None = None, hint: str = "") -> None:
+    """Check a numeric answer; ``mistakes`` maps the values of typical wrong answers to targeted hints."""
+    got = require_number(exercise, name, value)
+    if math.isclose(got, expected, rel_tol=rel_tol, abs_tol=0.0 if rel_tol else 1e-12):
+        passed(exercise, f"{name} = {got:,}")
+        return
+    for wrong, mistake_hint in (mistakes or {}).items():
+        if math.isclose(got, wrong, rel_tol=max(rel_tol, 1e-9)):
+            fail(exercise, f"a different {name}", f"{got:,}", mistake_hint)
+    direction = "too small" if got < expected else "too large"
+    fail(exercise, f"{name} within {rel_tol:.0%} of the right value" if rel_tol else f"the exact {name}",
+         f"{got:,} ({direction})", hint)

@@ -1,0 +1,128 @@
+"""The course's Fashion-MNIST models and their shipped reference checkpoints.
+
+* ``lenet_300_100``: the fully connected LeNet-300-100 of Han et al. (784-300-100-10, ReLU).
+* ``lenet5``: the Caffe LeNet-5 of Han et al. (conv 20@5x5, pool, conv 50@5x5, pool, fc 500, fc 10).
+* ``course_cnn``: a VGG-style CNN (three stages of two 3x3 conv + batch norm + ReLU, then max-pool),
+  heavy enough (~58 MFLOPs per image) that int8 and structured pruning pay off on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from course_lib.data import DATA_DIR, data_file
+
+INPUT_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+
+
+class LeNet300100(nn.Module):
+    """784-300-100-10 multilayer perceptron (Han et al. 2015, LeNet-300-100)."""
+
+    def __init__(self, hidden: tuple[int, int] = (300, 100), num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.fc1 = nn.Linear(28 * 28, hidden[0])
+        self.fc2 = nn.Linear(hidden[0], hidden[1])
+        self.fc3 = nn.Linear(hidden[1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class LeNet5(nn.Module):
+    """Caffe's LeNet-5 as used by Han et al.: 20 and 50 5x5 filters, a 500-unit hidden layer."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 20, kernel_size=5)
+        self.conv2 = nn.Conv2d(20, 50, kernel_size=5)
+        self.fc1 = nn.Linear(50 * 4 * 4, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(self.conv1(x), 2)
+        x = torch.max_pool2d(self.conv2(x), 2)
+        x = torch.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class CourseCNN(nn.Module):
+    """VGG-style CNN for 28x28 images: 3 stages of (conv-bn-relu) x2 + max-pool, then two linear layers.
+
+    ``features`` and ``classifier`` are flat ``nn.Sequential`` blocks so that later notebooks can
+    walk conv -> batch norm -> next conv chains (structured pruning) and export the model (int8).
+    """
+
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), hidden: int = 256,
+                 num_classes: int = NUM_CLASSES, dropout: float = 0.3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 1
+        for width in widths:
+            layers += _conv_bn_relu(in_channels, width) + _conv_bn_relu(width, width)
+            layers.append(nn.MaxPool2d(2))
+            in_channels = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(widths[-1] * 3 * 3, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+MODEL_BUILDERS: dict[str, Callable[[], nn.Module]] = {
+    "lenet_300_100": LeNet300100,
+    "lenet5": LeNet5,
+    "course_cnn": CourseCNN,
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_BUILDERS:
+        raise ValueError(f"unknown model {name!r}: choose one of {sorted(MODEL_BUILDERS)}")
+
+
+def build_model(name: str) -> nn.Module:
+    """A freshly initialised model by name (``lenet_300_100``, ``lenet5`` or ``course_cnn``)."""
+    _check_name(name)
+    return MODEL_BUILDERS[name]()
+
+
+def checkpoint_name(name: str) -> str:
+    """File name, relative to ``data/``, of a model's reference checkpoint."""
+    _check_name(name)
+    return f"checkpoints/{name}.safetensors"
+
+
+def load_reference(name: str, device: torch.device | str = "cpu") -> nn.Module:
+    """The model with its shipped, SHA-256-verified reference weights, in eval mode."""
+    model = build_model(name)
+    model.load_state_dict(load_file(data_file(checkpoint_name(name))))
+    return model.to(device).eval()
+
+
+def reference_info(name: str) -> dict:
+    """Training record of a reference checkpoint (epochs, recipe, test accuracy, train time)."""
+    _check_name(name)
+    return json.loads((DATA_DIR / "checkpoints" / "reference.json").read_text())[name]

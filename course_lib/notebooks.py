@@ -1,0 +1,150 @@
+"""Notebook tooling for authors and teachers: student copies and execution.
+
+    python -m course_lib.notebooks students            # regenerate notebooks/student/*.ipynb
+    python -m course_lib.notebooks execute [NB ...]    # re-execute notebooks in place (default: all)
+
+Exercise cells have one source: the solved notebook. A solution sits between ``### BEGIN SOLUTION`` and
+``### END SOLUTION`` (nbgrader's markers) in a code cell whose first line is ``# Exercise N.M: <task>``.
+The student copy replaces each such block with ``raise NotImplementedError("Exercise N.M: <task> ...")``,
+keeps everything else, and drops all outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+from pathlib import Path
+
+import nbformat
+
+from course_lib.data import PROJECT_ROOT
+from course_lib.io import atomic_path
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+STUDENT_DIR = NOTEBOOK_DIR / "student"
+KERNEL_NAME = "compression-course"
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+_EXERCISE_LINE = re.compile(r"^# (Exercise \d+\.\d+): (.+)$")
+
+
+class NotebookFormatError(ValueError):
+    """A notebook breaks the exercise conventions (unbalanced markers, missing exercise line)."""
+
+
+def solved_notebooks() -> list[Path]:
+    """The course's solved notebooks, in order."""
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def is_solution_cell(cell: dict) -> bool:
+    """Whether a cell holds an exercise's solution."""
+    return cell["cell_type"] == "code" and BEGIN in cell["source"]
+
+
+def exercise_of(cell: dict) -> tuple[str, str]:
+    """``("Exercise N.M", task)`` from a solution cell's first line."""
+    first_line = cell["source"].splitlines()[0]
+    match = _EXERCISE_LINE.match(first_line)
+    if not match:
+        raise NotebookFormatError(f"a solution cell must start with '# Exercise N.M: <task>', found {first_line!r}")
+    return match.group(1), match.group(2)
+
+
+def strip_solution(source: str, message: str) -> str:
+    """Replace every ``BEGIN``/``END SOLUTION`` block in ``source`` by a ``raise NotImplementedError``."""
+    out: list[str] = []
+    inside = False
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped == BEGIN:
+            if inside:
+                raise NotebookFormatError(f"nested '{BEGIN}' in:\n{source}")
+            inside = True
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(f"{indent}raise NotImplementedError({message!r})")
+        elif stripped == END:
+            if not inside:
+                raise NotebookFormatError(f"'{END}' without '{BEGIN}' in:\n{source}")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise NotebookFormatError(f"'{BEGIN}' without '{END}' in:\n{source}")
+    return "\n".join(out)
+
+
+def make_student_copy(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The student version of a solved notebook: solutions replaced by stubs, no outputs."""
+    student = copy.deepcopy(notebook)
+    for cell in student.cells:
+        if cell["cell_type"] == "code":
+            if is_solution_cell(cell):
+                exercise, task = exercise_of(cell)
+                message = f"{exercise}: {task} (replace this line with your code)"
+                cell["source"] = strip_solution(cell["source"], message)
+                cell["metadata"].pop("jupyter", None)
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    student.metadata.pop("widgets", None)
+    return student
+
+
+def student_path(solved: Path) -> Path:
+    """Where the student copy of a solved notebook lives."""
+    return STUDENT_DIR / solved.name
+
+
+def write_notebook(notebook: nbformat.NotebookNode, path: Path) -> None:
+    """Write a notebook atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".ipynb") as tmp:
+        nbformat.write(notebook, str(tmp))
+
+
+def write_student_copies() -> list[Path]:
+    """Regenerate every student copy from its solved notebook."""
+    written = []
+    for solved in solved_notebooks():
+        target = student_path(solved)
+        write_notebook(make_student_copy(nbformat.read(str(solved), as_version=4)), target)
+        written.append(target)
+    return written
+
+
+def hide_solutions(notebook: nbformat.NotebookNode) -> None:
+    """Collapse solution cells in a solved notebook so that a learner chooses whether to peek."""
+    for cell in notebook.cells:
+        if is_solution_cell(cell):
+            cell["metadata"].setdefault("jupyter", {})["source_hidden"] = True
+
+
+def execute(path: Path, timeout: int = 900) -> None:
+    """Execute a notebook in place with the course kernel, hiding its solution cells."""
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(str(path), as_version=4)
+    NotebookClient(notebook, timeout=timeout, kernel_name=KERNEL_NAME,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    hide_solutions(notebook)
+    write_notebook(notebook, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Student copies and execution of the course notebooks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("students", help="regenerate notebooks/student/ from the solved notebooks")
+    run = sub.add_parser("execute", help="execute notebooks in place (default: all solved notebooks)")
+    run.add_argument("paths", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "students":
+        for path in write_student_copies():
+            print(f"wrote {path.relative_to(PROJECT_ROOT)}")
+    else:
+        for path in args.paths or solved_notebooks():
+            print(f"executing {path} ...", flush=True)
+            execute(path.resolve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""One setup call for every notebook: seeds, a fixed thread count, the device, quiet warnings."""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DEFAULT_SEED = 0
+DEFAULT_THREADS = 2
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What :func:`setup` chose; printed at the top of every notebook."""
+
+    device: torch.device
+    threads: int
+    seed: int
+    torch_version: str
+    cpu_capability: str
+
+    def __str__(self) -> str:
+        return (
+            f"device={self.device.type} threads={self.threads} seed={self.seed} "
+            f"torch={self.torch_version} cpu_capability={self.cpu_capability}"
+        )
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """Turn ``"cpu"``, ``"cuda"`` or ``None`` (auto: the ``COURSE_DEVICE`` variable, else cuda when present) into a device."""
+    choice = device or os.environ.get("COURSE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if choice not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {choice!r}: use 'cpu' or 'cuda'")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "device 'cuda' was requested but PyTorch sees no CUDA GPU "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}). "
+            "Use device='cpu', or install the CUDA wheel of torch on a machine with an NVIDIA GPU (see README)."
+        )
+    return torch.device(choice)
+
+
+def seed_everything(seed: int = DEFAULT_SEED) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so that runs repeat."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def quiet_warnings() -> None:
+    """Silence known, harmless library warnings at their source so that notebook outputs stay clean."""
+    warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*is deprecated.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="jupyter_client")
+    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+
+
+def setup(seed: int = DEFAULT_SEED, threads: int | None = None, device: str | None = None) -> Runtime:
+    """Prepare a notebook or script: seed everything, fix the thread count, choose the device.
+
+    ``threads`` defaults to the ``COURSE_THREADS`` environment variable, else 2 (the course's reference laptop).
+    ``device`` is ``"cpu"``, ``"cuda"`` or ``None`` for the best available one.
+    """
+    threads = threads if threads is not None else int(os.environ.get("COURSE_THREADS", DEFAULT_THREADS))
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    seed_everything(seed)
+    quiet_warnings()
+    return Runtime(
+        device=resolve_device(device),
+        threads=threads,
+        seed=seed,
+        torch_version=torch.__version__,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+    )

@@ -1,0 +1,130 @@
+"""Train, evaluate and fine-tune the course's models, deterministically, with tqdm.auto progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from course_lib.data import Dataset, load_fashion_mnist, make_loader
+from course_lib.runtime import seed_everything
+
+
+def augment_flip_crop(images: torch.Tensor, generator: torch.Generator, padding: int = 2) -> torch.Tensor:
+    """Random horizontal flip and random crop with zero padding, per image (a batch ``[N, C, H, W]``)."""
+    n, _, h, w = images.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    padded = nn.functional.pad(images, (padding,) * 4, value=float(images.min()))
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, images.shape[1], h, w + 2 * padding)
+    cropped = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, images.shape[1], h, w)
+    return cropped.gather(3, cols)
+
+
+@dataclass
+class History:
+    """Per-epoch training loss and test accuracy."""
+
+    train_loss: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000,
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """Logits of ``model`` on ``images`` (evaluated in batches, in eval mode), returned on the CPU."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs = [model(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+def evaluate(model: nn.Module, dataset: Dataset | None = None, batch_size: int = 1000,
+             device: torch.device | str | None = None) -> float:
+    """Top-1 accuracy of ``model`` on a dataset (default: the full 10,000-image Fashion-MNIST test set)."""
+    dataset = dataset or load_fashion_mnist("test")
+    logits = predict(model, dataset.images, batch_size=batch_size, device=device)
+    return (logits.argmax(1) == dataset.labels).float().mean().item()
+
+
+def train(
+    model: nn.Module,
+    epochs: int,
+    lr: float,
+    optimizer: str = "sgd",
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    augment: bool = False,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    evaluate_every_epoch: bool = True,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` on the Fashion-MNIST training set with a cosine learning-rate schedule.
+
+    ``optimizer`` is ``"sgd"`` (Nesterov momentum 0.9) or ``"adam"``. ``loss_fn(model, images, labels)``
+    replaces cross-entropy (e.g. for distillation). The same seed gives the same run.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"unknown optimizer {optimizer!r}: use 'sgd' or 'adam'")
+    seed_everything(seed)
+    device = torch.device(device)
+    model.to(device)
+    loader = make_loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.15)
+    loss_fn = loss_fn or (lambda m, x, y: nn.functional.cross_entropy(m(x), y))
+    generator = torch.Generator().manual_seed(seed)
+    history = History()
+    for epoch in tqdm(range(epochs), desc="epochs", disable=not progress):
+        history.train_loss.append(_train_epoch(model, loader, opt, schedule, loss_fn, augment, generator, device,
+                                               progress, f"epoch {epoch + 1}/{epochs}"))
+        if evaluate_every_epoch:
+            history.test_accuracy.append(evaluate(model, device=device))
+    model.eval()
+    return history
+
+
+def _train_epoch(model, loader: DataLoader, opt, schedule, loss_fn, augment: bool, generator: torch.Generator,
+                 device: torch.device, progress: bool, desc: str) -> float:
+    model.train()
+    memory_format = torch.channels_last if _has_conv(model) else torch.contiguous_format
+    total, count = 0.0, 0
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        if augment:
+            images = augment_flip_crop(images, generator)
+        images = images.to(device, memory_format=memory_format)
+        labels = labels.to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model, images, labels)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        total += loss.item() * len(labels)
+        count += len(labels)
+    return total / count
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def fine_tune(model: nn.Module, epochs: int = 1, lr: float = 1e-3, **kwargs) -> History:
+    """Briefly retrain an already trained (e.g. compressed) model with a small learning rate."""
+    return train(model, epochs=epochs, lr=lr, **kwargs)

@@ -1,0 +1,69 @@
+"""Train the course's reference checkpoints and record them with their SHA-256.
+
+    python -m course_lib.train_reference [--models lenet_300_100 lenet5 course_cnn]
+
+Writes ``data/checkpoints/<model>.safetensors`` (atomically), ``data/checkpoints/reference.json``
+(recipe, test accuracy, training time) and updates ``data/SHA256SUMS``. Same seed, same recipe,
+same machine type: same weights. Takes about 15 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from safetensors.torch import save_file
+
+from course_lib.data import DATA_DIR, DATA_MANIFEST, read_manifest, sha256_of
+from course_lib.io import atomic_path
+from course_lib.models import MODEL_BUILDERS, build_model, checkpoint_name
+from course_lib.runtime import setup
+from course_lib.train import evaluate, train
+
+RECIPES: dict[str, dict] = {
+    "lenet_300_100": dict(epochs=15, lr=2e-3, optimizer="adam", weight_decay=1e-4, batch_size=128, augment=False),
+    "lenet5": dict(epochs=12, lr=2e-3, optimizer="adam", weight_decay=1e-4, batch_size=128, augment=False),
+    "course_cnn": dict(epochs=20, lr=0.1, optimizer="sgd", weight_decay=5e-4, batch_size=128, augment=True),
+}
+
+
+def train_one(name: str, seed: int = 0) -> dict:
+    """Train one reference model, save it atomically, and return its record."""
+    setup(seed=seed, device="cpu")
+    model = build_model(name)
+    start = time.perf_counter()
+    history = train(model, seed=seed, evaluate_every_epoch=False, **RECIPES[name])
+    seconds = time.perf_counter() - start
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    target = DATA_DIR / checkpoint_name(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        save_file(state, str(tmp))
+    return {
+        "recipe": RECIPES[name], "seed": seed, "test_accuracy": round(evaluate(model), 4),
+        "final_train_loss": round(history.train_loss[-1], 4), "train_seconds": round(seconds, 1),
+        "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "sha256": sha256_of(target),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODEL_BUILDERS), choices=list(MODEL_BUILDERS))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    record_path = DATA_DIR / "checkpoints" / "reference.json"
+    records = json.loads(record_path.read_text()) if record_path.exists() else {}
+    for name in args.models:
+        records[name] = train_one(name, seed=args.seed)
+        print(f"{name}: test accuracy {records[name]['test_accuracy']:.4f} in {records[name]['train_seconds']} s")
+        record_path.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+        manifest = read_manifest(DATA_MANIFEST)
+        manifest[checkpoint_name(name)] = records[name]["sha256"]
+        DATA_MANIFEST.write_text("".join(f"{d}  {n}\n" for n, d in sorted(manifest.items())))
+
+
+if __name__ == "__main__":
+    main()

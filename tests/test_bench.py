@@ -1,0 +1,65 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from course_lib import bench
+from course_lib.measure import LatencyStats
+from course_lib.runtime import setup
+
+
+def _stats(ms):
+    return LatencyStats(ms, ms * 0.9, ms * 1.1, (ms,))
+
+
+def test_row_derives_compression_and_speedup():
+    rt = setup(device="cpu")
+    row = bench.make_row(rt, "quantization", "course_cnn", "int8", 64, "accuracy", 0.93, 0.94, 250, 1000,
+                         _stats(5.0), _stats(20.0))
+    assert row.compression == 4.0 and row.speedup == 4.0
+    assert row.latency_p10_ms == 4.5 and row.latency_p90_ms == 5.5
+    assert row.threads == 2 and row.device == "cpu" and row.cpu_capability == rt.cpu_capability
+    table = bench.format_table([row])
+    assert "course_cnn" in table and "4.00" in table
+
+
+@pytest.mark.parametrize("args,message", [
+    (["nonsense"], "unknown topic 'nonsense'"),
+    (["baseline", "--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_arguments_exit_with_status_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cuda_without_gpu_exits_with_status_2(capsys, monkeypatch):
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["baseline", "--device", "cuda"])
+    assert exit_info.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_baseline_cli_prints_only_json_rows():
+    """The real command: one row per model and batch size, accuracies of the reference checkpoints."""
+    result = subprocess.run([sys.executable, "-m", "course_lib.bench", "baseline", "--json"],
+                            capture_output=True, text=True, check=True)
+    rows = json.loads(result.stdout)
+    assert [(r["model"], r["batch_size"]) for r in rows] == [
+        (m, b) for m in ("lenet_300_100", "lenet5", "course_cnn", "minilm") for b in (1, 64)]
+    fields = {"topic", "model", "variant", "device", "batch_size", "threads", "metric_name", "metric",
+              "baseline_metric", "size_bytes", "baseline_size_bytes", "compression", "latency_ms",
+              "baseline_latency_ms", "speedup", "cpu_capability"}
+    minimum = {"lenet_300_100": 0.89, "lenet5": 0.90, "course_cnn": 0.93, "minilm": 0.65}
+    for row in rows:
+        assert fields <= set(row)
+        assert row["topic"] == "baseline" and row["variant"] == "fp32" and row["device"] == "cpu"
+        assert row["metric"] >= minimum[row["model"]]
+        assert row["latency_ms"] > 0 and row["latency_p10_ms"] <= row["latency_ms"] <= row["latency_p90_ms"]
+        assert row["compression"] == 1.0
+    sizes = {r["model"]: r["size_bytes"] for r in rows}
+    assert 4 * 266_610 < sizes["lenet_300_100"] < 4 * 266_610 + 2048
+    assert 4 * 22_565_376 < sizes["minilm"] < 4 * 22_565_376 + 65536
+    assert {r["metric_name"] for r in rows if r["model"] == "minilm"} == {"lee_pearson_r"}

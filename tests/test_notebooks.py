@@ -1,0 +1,100 @@
+"""Notebook conventions, student copies in sync, and student copies stopping at their first exercise.
+
+Strict nbval of the solved notebooks themselves runs from pytest's configuration (see pyproject.toml).
+"""
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from course_lib.notebooks import (KERNEL_NAME, NotebookFormatError, exercise_of, is_solution_cell, make_student_copy,
+                                  solved_notebooks, strip_solution, student_path)
+
+SOLVED = solved_notebooks()
+
+
+def test_there_are_notebooks():
+    assert [p.name for p in SOLVED][:1] == ["00_welcome.ipynb"]
+
+
+@pytest.fixture(params=SOLVED, ids=lambda p: p.name)
+def solved(request):
+    return request.param, nbformat.read(str(request.param), as_version=4)
+
+
+def test_notebook_is_committed_executed(solved):
+    _, nb = solved
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert code and all(c.execution_count is not None for c in code), "execute it: `make notebooks`"
+    assert nb.metadata["kernelspec"]["name"] == KERNEL_NAME
+
+
+def test_notebook_has_checked_exercises_with_hidden_solutions(solved):
+    path, nb = solved
+    solutions = [c for c in nb.cells if is_solution_cell(c)]
+    assert len(solutions) >= 3, f"{path.name} needs at least 3 auto-checked exercises"
+    numbers = [exercise_of(c)[0] for c in solutions]
+    assert len(set(numbers)) == len(numbers), "exercise numbers are unique"
+    assert all(c.metadata.get("jupyter", {}).get("source_hidden") for c in solutions)
+    for cell in solutions:
+        following = nb.cells[nb.cells.index(cell) + 1]
+        assert "check_" in following.source, f"{exercise_of(cell)[0]} is followed by its checker call"
+
+
+def test_no_warnings_or_errors_in_outputs(solved):
+    _, nb = solved
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            assert output.output_type != "error"
+            if output.output_type == "stream" and output.name == "stderr":
+                assert "Warning" not in output.text, output.text
+
+
+def test_student_copy_is_in_sync(solved):
+    path, nb = solved
+    committed = nbformat.read(str(student_path(path)), as_version=4)
+    assert committed == make_student_copy(nb), "regenerate with `make students`"
+
+
+def test_student_copy_has_no_solutions(solved):
+    path, _ = solved
+    text = student_path(path).read_text()
+    assert "BEGIN SOLUTION" not in text and "raise NotImplementedError" in text
+
+
+def test_student_copy_stops_at_its_first_exercise(solved):
+    path, nb = solved
+    student = make_student_copy(nb)
+    first_exercise = next(exercise_of(c)[0] for c in nb.cells if is_solution_cell(c))
+    client = NotebookClient(student, timeout=600, kernel_name=KERNEL_NAME,
+                            resources={"metadata": {"path": str(path.parent)}})
+    with pytest.raises(CellExecutionError) as error:
+        client.execute()
+    assert error.value.ename == "NotImplementedError"
+    assert f"{first_exercise}:" in error.value.evalue and "replace this line with your code" in error.value.evalue
+    executed = [c for c in student.cells if c.cell_type == "code" and c.execution_count is not None]
+    failing = executed[-1]
+    assert first_exercise in failing.source or "check_" in failing.source
+
+
+def test_strip_solution_keeps_indentation_and_code_around():
+    source = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    return x + y\n    ### END SOLUTION\nprint(f)"
+    assert strip_solution(source, "Exercise 1.1: f") == (
+        "def f(x):\n    y = 1\n    raise NotImplementedError('Exercise 1.1: f')\nprint(f)")
+
+
+@pytest.mark.parametrize("source,problem", [
+    ("### BEGIN SOLUTION\nx = 1", "without '### END SOLUTION'"),
+    ("x = 1\n### END SOLUTION", "without '### BEGIN SOLUTION'"),
+    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "nested"),
+])
+def test_strip_solution_rejects_broken_markers(source, problem):
+    with pytest.raises(NotebookFormatError, match=problem):
+        strip_solution(source, "m")
+
+
+def test_solution_cell_needs_an_exercise_line():
+    cell = nbformat.v4.new_code_cell("x = 1\n### BEGIN SOLUTION\n### END SOLUTION")
+    with pytest.raises(NotebookFormatError, match="must start with '# Exercise N.M"):
+        exercise_of(cell)

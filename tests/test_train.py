@@ -1,0 +1,81 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from course_lib.data import Dataset
+from course_lib.models import build_model
+from course_lib.train import augment_flip_crop, evaluate, fine_tune, predict, train
+
+
+def _weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_training_is_deterministic_and_learns():
+    runs = []
+    for _ in range(2):
+        model = build_model("lenet_300_100")
+        history = train(model, epochs=1, lr=2e-3, optimizer="adam", batch_size=256, progress=False)
+        runs.append((_weights(model), history))
+    assert torch.equal(runs[0][0], runs[1][0]), "same seed, same recipe: the same weights"
+    assert runs[0][1].test_accuracy[0] > 0.80, "one epoch of LeNet-300-100 already classifies most images"
+    assert not model.training
+
+
+def test_fine_tune_changes_weights_a_little():
+    model = build_model("lenet_300_100")
+    train(model, epochs=1, lr=2e-3, optimizer="adam", batch_size=256, progress=False, evaluate_every_epoch=False)
+    before = _weights(model).clone()
+    fine_tune(model, epochs=1, lr=1e-4, optimizer="adam", batch_size=512, progress=False, evaluate_every_epoch=False)
+    change = (_weights(model) - before).norm() / before.norm()
+    assert 0 < change < 0.2
+
+
+def test_custom_loss_is_used():
+    model = build_model("lenet_300_100")
+    calls = []
+
+    def loss_fn(m, x, y):
+        calls.append(len(y))
+        return torch.nn.functional.cross_entropy(m(x), y)
+
+    train(model, epochs=1, lr=1e-3, optimizer="adam", batch_size=10000, loss_fn=loss_fn, progress=False,
+          evaluate_every_epoch=False)
+    assert calls == [10000] * 6
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        train(build_model("lenet5"), epochs=0, lr=0.1)
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        train(build_model("lenet5"), epochs=1, lr=0.1, optimizer="rmsprop")
+
+
+def test_evaluate_counts_correct_predictions():
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x.flatten(1)[:, 0].long(), 10).float()
+
+    images = torch.tensor([0, 1, 2, 3]).float().view(4, 1, 1, 1)
+    dataset = Dataset(images, torch.tensor([0, 1, 0, 0]))
+    assert evaluate(Fixed(), dataset, batch_size=3) == 0.5
+    assert predict(Fixed(), images, batch_size=3).shape == (4, 10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), padding=st.integers(1, 3))
+def test_augmentation_only_flips_and_shifts(seed, padding):
+    images = torch.rand(6, 1, 8, 8) + 1  # strictly above the padding value
+    out = augment_flip_crop(images, torch.Generator().manual_seed(seed), padding=padding)
+    assert out.shape == images.shape
+    for original, augmented in zip(images, out):
+        candidates = [original, original.flip(2)]
+        padded = [torch.nn.functional.pad(c, (padding,) * 4, value=float(images.min())) for c in candidates]
+        crops = [p[:, dy:dy + 8, dx:dx + 8] for p in padded
+                 for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
+        assert any(torch.equal(augmented, crop) for crop in crops)
