@@ -90,7 +90,11 @@ def _stats(samples: list[float]) -> LatencyStats:
         p10, p90 = deciles[0], deciles[-1]
     else:
         p10 = p90 = ordered[0]
-    return LatencyStats(statistics.median(ordered), p10, p90, tuple(samples))
+    median = statistics.median(ordered)
+    # Interpolation can round a hair past equal samples: keep min <= p10 <= median <= p90 <= max.
+    p10 = max(min(p10, median), ordered[0])
+    p90 = min(max(p90, median), ordered[-1])
+    return LatencyStats(median, p10, p90, tuple(samples))
 
 
 @contextmanager

@@ -43,15 +43,23 @@ def show_images(images: torch.Tensor, labels: Sequence[int], predictions: Sequen
 
 
 def bar_panels(names: Sequence[str], panels: Sequence[tuple[str, Sequence[float], str]],
-               title: str = "") -> plt.Figure:
-    """Side-by-side horizontal bar charts over the same names; ``panels`` = (axis label, values, number format)."""
+               title: str = "", log: bool = False) -> plt.Figure:
+    """Side-by-side horizontal bar charts over the same names; ``panels`` = (axis label, values, number format).
+
+    ``log=True`` uses logarithmic axes, for values that span orders of magnitude.
+    """
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 0.5 * len(names) + 1.6), sharey=True)
     axes = [axes] if len(panels) == 1 else list(axes)
     for ax, (label, values, fmt) in zip(axes, panels):
         bars = ax.barh(list(names), list(values), color=PALETTE[: len(names)])
         ax.bar_label(bars, labels=[format(v, fmt) for v in values], padding=3, fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_xlim(0, max(values) * 1.35)
+        if log:
+            ax.set_xscale("log")
+            ax.set_xlim(min(values) / 2, max(values) * 8)
+            ax.set_xlabel(f"{label}, log scale")
+        else:
+            ax.set_xlim(0, max(values) * 1.35)
+            ax.set_xlabel(label)
         ax.grid(axis="y", visible=False)
     axes[0].invert_yaxis()
     if title:

@@ -45,6 +45,24 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device(choice)
 
 
+INT8_CPU_FEATURES = {
+    "avx512_vnni": "AVX-512 VNNI (int8 dot products on 512-bit vectors)",
+    "avx_vnni": "AVX-VNNI (int8 dot products on 256-bit vectors)",
+    "amx_int8": "AMX (int8 matrix tiles)",
+}
+
+
+def cpu_int8_features(cpuinfo: str | None = None) -> list[str]:
+    """The CPU's fast int8 instruction sets, read from ``/proc/cpuinfo`` (empty where unknown or absent)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = open("/proc/cpuinfo").read()
+        except OSError:
+            return []
+    flags = set(cpuinfo.split())
+    return [description for flag, description in INT8_CPU_FEATURES.items() if flag in flags]
+
+
 def seed_everything(seed: int = DEFAULT_SEED) -> None:
     """Seed Python, NumPy and PyTorch (CPU and CUDA) so that runs repeat."""
     random.seed(seed)

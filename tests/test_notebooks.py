@@ -98,3 +98,12 @@ def test_solution_cell_needs_an_exercise_line():
     cell = nbformat.v4.new_code_cell("x = 1\n### BEGIN SOLUTION\n### END SOLUTION")
     with pytest.raises(NotebookFormatError, match="must start with '# Exercise N.M"):
         exercise_of(cell)
+
+
+def test_no_cell_relies_on_a_trailing_semicolon(solved):
+    """nbval runs cells without storing history, so IPython ignores a trailing ';' there and shows the value
+    twice (once as the result, once as the inline figure). Assign the result instead: `fig = plot(...)`."""
+    _, nb = solved
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.source.rstrip().endswith(";"), cell.source

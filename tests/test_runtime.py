@@ -32,3 +32,11 @@ def test_cuda_without_gpu_explains_what_to_do():
 def test_auto_device_follows_environment(monkeypatch):
     monkeypatch.setenv("COURSE_DEVICE", "cpu")
     assert resolve_device(None).type == "cpu"
+
+
+def test_int8_cpu_features_are_read_from_cpuinfo():
+    from course_lib.runtime import cpu_int8_features
+
+    assert cpu_int8_features("flags : fpu avx2 avx512f avx512_vnni") == ["AVX-512 VNNI (int8 dot products on 512-bit vectors)"]
+    assert cpu_int8_features("flags : fpu avx2") == []
+    assert isinstance(cpu_int8_features(), list)

@@ -50,3 +50,9 @@ def test_plots_have_labelled_axes():
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 5 and titles[2].startswith("Ankle boot")
     plt.close("all")
+
+
+def test_log_panels_say_so_on_the_axis():
+    fig = bar_panels(["a", "b"], [("size (MB)", [0.01, 100.0], ".2f")], log=True)
+    assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_xlabel() == "size (MB), log scale"
+    plt.close("all")
