@@ -23,8 +23,11 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (compression course)" >/dev/null
 	@touch $(STAMP)
 
+# Jupyter refuses to run as root unless told to (containers, cloud shells): pass --allow-root only there.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/00_welcome.ipynb
+	$(VENV)/bin/jupyter lab $(LAB_ARGS) notebooks/00_welcome.ipynb
 
 test: setup
 	$(PY) -m pytest $(TEST_ARGS)
