@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from course_lib.data import load_fashion_mnist, load_lee_corpus
-from course_lib.measure import LatencyStats, compare_latency, save_state_dict
+from course_lib.dataflow import measure_machine
+from course_lib.measure import LatencyStats, compare_latency, save_state_dict, serialized_bytes
 from course_lib.minilm import MiniLM, lee_correlation, load_minilm, tokenize
 from course_lib.models import build_model, load_reference
 from course_lib.runtime import Runtime, setup
@@ -128,7 +129,42 @@ def baseline(rt: Runtime) -> list[Row]:
         return rows + _baseline_minilm(rt, Path(folder))
 
 
-IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline}
+DATAFLOW_BATCH_SIZES = (1, 8, 64)
+
+
+def _machine_row(rt: Runtime, variant: str, metric_name: str, value: float) -> Row:
+    """A row that reports a property of the machine (no model: no size, no latency)."""
+    return Row(topic="dataflow", model="machine", variant=variant, device=rt.device.type, batch_size=0,
+               threads=rt.threads, metric_name=metric_name, metric=round(value, 2), baseline_metric=round(value, 2),
+               size_bytes=0, baseline_size_bytes=0, compression=1.0, latency_ms=0.0, baseline_latency_ms=0.0,
+               speedup=1.0, latency_p10_ms=0.0, latency_p90_ms=0.0, cpu_capability=rt.cpu_capability,
+               torch_version=rt.torch_version)
+
+
+def dataflow(rt: Runtime) -> list[Row]:
+    """The machine's roofline (fp32 GEMM peak, copy bandwidth) and fp32 latency vs batch size (1, 8, 64)."""
+    machine = measure_machine(rt.device)
+    rows = [_machine_row(rt, "fp32-matmul-peak", "gflops", machine.peak_gflops),
+            _machine_row(rt, "memory-bandwidth", "gbytes_per_s", machine.bandwidth_gbs)]
+    if machine.int8_peak_gops:
+        rows.append(_machine_row(rt, "int8-matmul-peak", "gops", machine.int8_peak_gops))
+    cnn, minilm = load_reference("course_cnn", rt.device), load_minilm(rt.device)
+    cnn_accuracy, correlation = evaluate(cnn, device=rt.device), lee_correlation(minilm)
+    cnn_bytes, minilm_bytes = serialized_bytes(cnn), serialized_bytes(minilm)
+    images = load_fashion_mnist("test").images
+    for batch in DATAFLOW_BATCH_SIZES:
+        stats = compare_latency({"fp32": cnn}, (images[:batch].to(rt.device),), rounds=20)["fp32"]
+        rows.append(make_row(rt, "dataflow", "course_cnn", "fp32", batch, "accuracy", cnn_accuracy, cnn_accuracy,
+                             cnn_bytes, cnn_bytes, stats, stats))
+    for batch in DATAFLOW_BATCH_SIZES:
+        stats = compare_latency({"fp32": minilm}, minilm_inputs(batch, rt.device), rounds=10 if batch < 64 else 5,
+                                warmup=2)["fp32"]
+        rows.append(make_row(rt, "dataflow", "minilm", "fp32", batch, "lee_pearson_r", correlation, correlation,
+                             minilm_bytes, minilm_bytes, stats, stats))
+    return rows
+
+
+IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline, "dataflow": dataflow}
 
 
 def format_table(rows: list[Row]) -> str:

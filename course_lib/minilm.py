@@ -42,12 +42,21 @@ class MiniLMConfig:
     max_seq_length: int = 256  # sentence-transformers truncates longer inputs to this
 
 
+class AttentionCore(nn.Module):
+    """softmax(q k^T / sqrt(d) + mask) v: the part of attention without weights (a module so it can be profiled)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + key_mask
+        return scores.softmax(-1) @ v
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with the output projection, residual and LayerNorm of a BERT layer."""
 
     def __init__(self, cfg: MiniLMConfig):
         super().__init__()
         self.heads = cfg.heads
+        self.core = AttentionCore()
         self.query = nn.Linear(cfg.hidden, cfg.hidden)
         self.key = nn.Linear(cfg.hidden, cfg.hidden)
         self.value = nn.Linear(cfg.hidden, cfg.hidden)
@@ -60,9 +69,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         q, k, v = (self._split_heads(layer(x)) for layer in (self.query, self.key, self.value))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + key_mask
-        context = scores.softmax(-1) @ v
-        context = context.transpose(1, 2).flatten(2)
+        context = self.core(q, k, v, key_mask).transpose(1, 2).flatten(2)
         return self.norm(x + self.output(context))
 
 

@@ -66,3 +66,52 @@ def bar_panels(names: Sequence[str], panels: Sequence[tuple[str, Sequence[float]
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def draw_roofline(ax: plt.Axes, peak_gflops: float, bandwidth_gbs: float,
+                  points: Sequence[tuple[str, float, float]] = (), highlight: str | None = None,
+                  int8_peak_gops: float | None = None) -> None:
+    """A log-log roofline: attainable GFLOP/s vs arithmetic intensity, with ``(label, intensity, GFLOP/s)`` points."""
+    intensities = [p[1] for p in points if p[1] > 0] or [1.0]
+    low = min(min(intensities) / 2, 0.05)
+    high = max(max(intensities) * 2, 4 * peak_gflops / bandwidth_gbs)
+    xs = [low * (high / low) ** (i / 200) for i in range(201)]
+    ax.plot(xs, [min(peak_gflops, bandwidth_gbs * x) for x in xs], color="black", lw=2,
+            label=f"fp32 roofline ({bandwidth_gbs:.0f} GB/s, {peak_gflops:.0f} GFLOP/s)")
+    if int8_peak_gops:
+        ax.plot(xs, [min(int8_peak_gops, bandwidth_gbs * x) for x in xs], color="gray", lw=1, ls="--",
+                label=f"int8 roofline ({int8_peak_gops:.0f} GOP/s)")
+    ax.axvline(peak_gflops / bandwidth_gbs, color="gray", lw=0.8, ls=":")
+    for label, intensity, gflops in points:
+        chosen = label == highlight
+        ax.scatter([intensity], [gflops], s=60 if chosen else 18, zorder=3,
+                   color=PALETTE[3] if chosen else PALETTE[0], alpha=1.0 if chosen or highlight is None else 0.45)
+        if chosen or (highlight is None and len(points) <= 12):
+            ax.annotate(label, (intensity, gflops), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOPs per byte moved)")
+    ax.set_ylabel("performance (GFLOP/s)")
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def profile_bars(layers: Sequence, title: str = "") -> plt.Figure:
+    """Per layer: weight bytes and activation bytes stacked (left), MACs (right); layers that compute only."""
+    chosen = [layer for layer in layers if layer.macs > 0]
+    names = [layer.name for layer in chosen]
+    fig, (ax_bytes, ax_macs) = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.8), sharey=True)
+    weights = [layer.weight_bytes / 1e3 for layer in chosen]
+    activations = [layer.activation_bytes / 1e3 for layer in chosen]
+    ax_bytes.barh(names, weights, color=PALETTE[0], label="weights")
+    ax_bytes.barh(names, activations, left=weights, color=PALETTE[1], label="activations (in + out)")
+    ax_bytes.set_xlabel("bytes moved per forward call (kB)")
+    ax_bytes.legend(loc="lower right")
+    ax_macs.barh(names, [layer.macs / 1e6 for layer in chosen], color=PALETTE[2])
+    ax_macs.set_xlabel("multiply-accumulates (millions)")
+    ax_bytes.invert_yaxis()
+    for ax in (ax_bytes, ax_macs):
+        ax.grid(axis="y", visible=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

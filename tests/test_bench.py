@@ -63,3 +63,16 @@ def test_baseline_cli_prints_only_json_rows():
     assert 4 * 266_610 < sizes["lenet_300_100"] < 4 * 266_610 + 2048
     assert 4 * 22_565_376 < sizes["minilm"] < 4 * 22_565_376 + 65536
     assert {r["metric_name"] for r in rows if r["model"] == "minilm"} == {"lee_pearson_r"}
+
+
+def test_dataflow_cli_rows():
+    result = subprocess.run([sys.executable, "-m", "course_lib.bench", "dataflow", "--json"],
+                            capture_output=True, text=True, check=True)
+    rows = json.loads(result.stdout)
+    machine = {r["variant"]: r for r in rows if r["model"] == "machine"}
+    assert machine["fp32-matmul-peak"]["metric_name"] == "gflops" and machine["fp32-matmul-peak"]["metric"] > 1
+    assert machine["memory-bandwidth"]["metric_name"] == "gbytes_per_s" and machine["memory-bandwidth"]["metric"] > 0.5
+    models = [(r["model"], r["variant"], r["batch_size"]) for r in rows if r["model"] != "machine"]
+    assert models == [(m, "fp32", b) for m in ("course_cnn", "minilm") for b in (1, 8, 64)]
+    latency = {(r["model"], r["batch_size"]): r["latency_ms"] for r in rows if r["model"] != "machine"}
+    assert latency[("minilm", 64)] > latency[("minilm", 1)]

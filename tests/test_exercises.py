@@ -86,3 +86,86 @@ def test_accuracy_stub_propagates_not_implemented():
 
     with pytest.raises(NotImplementedError, match="Exercise 0.3"):
         check_accuracy_function(stub)
+
+
+# ---- notebook 01 ----------------------------------------------------------------------------------------------
+from course_lib.exercises.dataflow import (CONV_MACS, check_amdahl, check_conv_macs,  # noqa: E402
+                                           check_is_memory_bound, check_linear_intensity, reference_linear_intensity)
+
+
+def test_conv_macs(capsys):
+    check_conv_macs(28 * 28 * 32 * 32 * 9)
+    assert "7,225,344" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,hint", [
+    (2 * CONV_MACS, "FLOPs"), (32 * 32 * 9, "number of weights"), (28 * 28 * 32 * 32, "3x3 kernel"),
+    (26 * 26 * 32 * 32 * 9, "padding=1"), (28 * 28 * 32 * 9, "all 32 input channels"), (1000, "output pixels"),
+])
+def test_conv_macs_rejects_typical_mistakes(wrong, hint):
+    with pytest.raises(ExerciseError, match=f"(?s)Exercise 1.1.*Hint: .*{hint}"):
+        check_conv_macs(wrong)
+
+
+def test_linear_intensity_accepts_solution(capsys):
+    check_linear_intensity(reference_linear_intensity)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,hint", [
+    (lambda i, o, b: reference_linear_intensity(i, o, b) / 2, "MACs per byte"),
+    (lambda i, o, b: reference_linear_intensity(i, o, b) * 4, "number of values moved"),
+    (lambda i, o, b: reference_linear_intensity(i, o, b) / 4, "1 byte per number"),
+    (lambda i, o, b: 2 * b * i * o / (4 * (i * o + o)), "only the weights"),
+    (lambda i, o, b: 2 * b * i * o / (4 * (i * o + b * i + b * o)), "biases"),
+    (lambda i, o, b: "high", "plain Python number"),
+    (lambda i, o: 1.0, "raised TypeError"),
+])
+def test_linear_intensity_rejects_typical_mistakes(wrong, hint):
+    with pytest.raises(ExerciseError, match=f"(?s)Exercise 1.2.*{hint}"):
+        check_linear_intensity(wrong)
+
+
+def test_is_memory_bound(capsys):
+    check_is_memory_bound(lambda i, p, b: i < p / b)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,hint", [
+    (lambda i, p, b: i > p / b, "below the ridge point"),
+    (lambda i, p, b: i < b / p, "below the ridge point"),
+    (lambda i, p, b: i < 1, "below the ridge point"),
+    (lambda i, p, b: int(i < p / b), "True or False"),
+])
+def test_is_memory_bound_rejects_typical_mistakes(wrong, hint):
+    with pytest.raises(ExerciseError, match=f"(?s)Exercise 1.3.*{hint}"):
+        check_is_memory_bound(wrong)
+
+
+def test_amdahl(capsys):
+    check_amdahl(lambda f, k: 1 / ((1 - f) + f / k))
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,hint", [
+    (lambda f, k: f * k + (1 - f), "averaged the speedups"),
+    (lambda f, k: k, "only the accelerated part"),
+    (lambda f, k: 1 / (f / k), "new time"),
+    (lambda f, k: 1 / (1 - f + f / k) if f < 1 else 1 / 0, "raised ZeroDivisionError"),
+])
+def test_amdahl_rejects_typical_mistakes(wrong, hint):
+    with pytest.raises(ExerciseError, match=f"(?s)Exercise 1.4.*{hint}"):
+        check_amdahl(wrong)
+
+
+def test_predictions_are_recorded_and_recalled(tmp_path, monkeypatch, capsys):
+    from course_lib import exercises
+
+    monkeypatch.setattr(exercises, "PREDICTIONS_FILE", tmp_path / "p.json")
+    assert exercises.recall_prediction("x") is None
+    exercises.record_prediction("x", 1.5, note="n")
+    exercises.record_prediction("y", 2)
+    assert exercises.recall_prediction("x") == 1.5 and exercises.recall_prediction("y") == 2
+    assert "recorded prediction x = 1.5 (n)" in capsys.readouterr().out
+    with pytest.raises(ExerciseError, match="plain Python number"):
+        exercises.record_prediction("z", "fast")

@@ -56,3 +56,49 @@ def test_log_panels_say_so_on_the_axis():
     fig = bar_panels(["a", "b"], [("size (MB)", [0.01, 100.0], ".2f")], log=True)
     assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_xlabel() == "size (MB), log scale"
     plt.close("all")
+
+
+def _explorer_inputs():
+    from course_lib.dataflow import Machine, layer_profile
+    from course_lib.models import build_model
+
+    machine = Machine("cpu", peak_gflops=100.0, bandwidth_gbs=20.0)
+    profiles = {name: layer_profile(build_model(name), torch.zeros(1, 1, 28, 28))
+                for name in ("lenet_300_100", "course_cnn")}
+    return machine, profiles
+
+
+def test_describe_layer_says_memory_or_compute_bound():
+    from course_lib.widgets import describe_layer
+
+    machine, profiles = _explorer_inputs()
+    fc1 = profiles["lenet_300_100"][0]
+    assert "memory-bound" in describe_layer(fc1, machine)
+    assert "compute-bound" in describe_layer(fc1.at_batch(256), machine)
+    assert "942,000 bytes of weights" in describe_layer(fc1, machine)
+
+
+def test_roofline_explorer_follows_its_controls():
+    from course_lib.widgets import roofline_explorer
+
+    machine, profiles = _explorer_inputs()
+    box = roofline_explorer(profiles, machine)
+    (model, layer), batch, text, _ = box.children[0].children, box.children[1], box.children[2], box.children[3]
+    assert layer.options == ("fc1", "fc2", "fc3")
+    batch.value = 64
+    assert "batch 64" in text.value and "fc1" in text.value
+    model.value = "course_cnn"
+    assert "features.0" in layer.options and "features.1" not in layer.options, "only layers that compute"
+    layer.value = "features.3"
+    assert "features.3 (Conv2d), batch 64" in text.value
+    plt.close("all")
+
+
+def test_draw_roofline_labels_axes():
+    from course_lib.plots import draw_roofline
+
+    fig, ax = plt.subplots()
+    draw_roofline(ax, 100.0, 20.0, [("a", 0.5, 8.0), ("b", 50.0, 90.0)], highlight="b", int8_peak_gops=400.0)
+    assert ax.get_xscale() == "log" and "FLOPs per byte" in ax.get_xlabel() and "GFLOP/s" in ax.get_ylabel()
+    assert len(ax.get_legend().get_texts()) == 2
+    plt.close(fig)

@@ -7,8 +7,14 @@ solution outright: they say what kind of mistake the answer looks like.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+
+from course_lib.data import PROJECT_ROOT
+from course_lib.io import atomic_path
+
+PREDICTIONS_FILE = PROJECT_ROOT / "notebooks" / "my_predictions.json"
 
 
 class ExerciseError(AssertionError):
@@ -50,3 +56,21 @@ def check_number(exercise: str, name: str, value: object, expected: float, rel_t
     direction = "too small" if got < expected else "too large"
     fail(exercise, f"{name} within {rel_tol:.0%} of the right value" if rel_tol else f"the exact {name}",
          f"{got:,} ({direction})", hint)
+
+
+def record_prediction(key: str, value: float, note: str = "") -> None:
+    """Write down a prediction (in ``notebooks/my_predictions.json``, not tracked by git) to check in a later notebook."""
+    number = require_number("prediction", key, value)
+    predictions = json.loads(PREDICTIONS_FILE.read_text()) if PREDICTIONS_FILE.exists() else {}
+    predictions[key] = {"value": number, "note": note}
+    with atomic_path(PREDICTIONS_FILE) as tmp:
+        tmp.write_text(json.dumps(predictions, indent=2) + "\n")
+    print(f"recorded prediction {key} = {number}" + (f" ({note})" if note else ""))
+
+
+def recall_prediction(key: str) -> float | None:
+    """A prediction recorded earlier with :func:`record_prediction`, or ``None`` if there is none."""
+    if not PREDICTIONS_FILE.exists():
+        return None
+    entry = json.loads(PREDICTIONS_FILE.read_text()).get(key)
+    return None if entry is None else entry["value"]
