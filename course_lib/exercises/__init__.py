@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from course_lib.data import PROJECT_ROOT
 from course_lib.io import atomic_path
@@ -43,6 +43,31 @@ def require_number(exercise: str, name: str, value: object) -> float:
     return value
 
 
+def diagnose(got: float, mistakes: Mapping[float, str], default: str, rel_tol: float = 1e-6) -> str:
+    """The hint of the typical mistake whose value ``got`` matches, else ``default``."""
+    for wrong, hint in mistakes.items():
+        if math.isclose(got, wrong, rel_tol=rel_tol):
+            return hint
+    return default
+
+
+def call_answer(exercise: str, fn: object, *args: object, hint: str = "") -> object:
+    """Call the learner's function; a crash becomes an :class:`ExerciseError` naming the arguments.
+
+    ``NotImplementedError`` (an exercise not yet done) passes through unchanged.
+    """
+    if not callable(fn):
+        fail(exercise, "a function", type(fn).__name__, "define it with def ...(...):")
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise
+    except Exception as error:  # the learner's code crashed: say with which arguments
+        shown = ", ".join(repr(a) if not hasattr(a, "shape") else f"tensor of shape {tuple(a.shape)}" for a in args)
+        raise ExerciseError(f"Exercise {exercise}: calling it with ({shown}) raised {type(error).__name__}: {error}"
+                            + (f"\nHint: {hint}" if hint else "")) from error
+
+
 def check_number(exercise: str, name: str, value: object, expected: float, rel_tol: float = 0.0,
                  mistakes: Mapping[float, str] | None = None, hint: str = "") -> None:
     """Check a numeric answer; ``mistakes`` maps the values of typical wrong answers to targeted hints."""
@@ -50,9 +75,9 @@ def check_number(exercise: str, name: str, value: object, expected: float, rel_t
     if math.isclose(got, expected, rel_tol=rel_tol, abs_tol=0.0 if rel_tol else 1e-12):
         passed(exercise, f"{name} = {got:,}")
         return
-    for wrong, mistake_hint in (mistakes or {}).items():
-        if math.isclose(got, wrong, rel_tol=max(rel_tol, 1e-9)):
-            fail(exercise, f"a different {name}", f"{got:,}", mistake_hint)
+    mistake_hint = diagnose(got, mistakes or {}, default="", rel_tol=max(rel_tol, 1e-9))
+    if mistake_hint:
+        fail(exercise, f"a different {name}", f"{got:,}", mistake_hint)
     direction = "too small" if got < expected else "too large"
     fail(exercise, f"{name} within {rel_tol:.0%} of the right value" if rel_tol else f"the exact {name}",
          f"{got:,} ({direction})", hint)

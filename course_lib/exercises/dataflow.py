@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from course_lib.exercises import ExerciseError, check_number, fail, passed, require_number
+from course_lib.exercises import call_answer, check_number, diagnose, fail, passed, require_number
 
 # features.3 of the course CNN: 3x3 conv, 32 -> 32 channels, padding 1, on 28x28 maps, batch 1.
 CONV_MACS = 28 * 28 * 32 * 32 * 3 * 3
@@ -29,39 +29,22 @@ def reference_linear_intensity(n_in: int, n_out: int, batch: int) -> float:
     return flops / moved
 
 
-def _call(exercise: str, fn: Callable, *args: object) -> float:
-    if not callable(fn):
-        fail(exercise, "a function", type(fn).__name__, "define it with def ...(...):")
-    try:
-        result = fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as error:  # the learner's code crashed: say with which arguments
-        raise ExerciseError(f"Exercise {exercise}: calling it with {args} raised {type(error).__name__}: "
-                            f"{error}") from error
-    return result
-
-
 def check_linear_intensity(linear_intensity: Callable[[int, int, int], float]) -> None:
     """Exercise 1.2: ``linear_intensity(n_in, n_out, batch)`` in FLOPs per byte."""
     for args in [(784, 300, 1), (784, 300, 64), (384, 1536, 32), (10, 10, 1000)]:
-        got = require_number("1.2", "the intensity", _call("1.2", linear_intensity, *args))
+        got = require_number("1.2", "the intensity", call_answer("1.2", linear_intensity, *args))
         expected = reference_linear_intensity(*args)
         if math.isclose(got, expected, rel_tol=1e-6):
             continue
         n_in, n_out, batch = args
-        weights_only = 2 * batch * n_in * n_out / (4 * (n_in * n_out + n_out))
-        if math.isclose(got, expected / 2, rel_tol=1e-6):
-            hint = "that is MACs per byte: one MAC is 2 FLOPs."
-        elif math.isclose(got, expected / 4, rel_tol=1e-6):
-            hint = "that counts 1 byte per number: fp32 takes 4 bytes."
-        elif math.isclose(got, expected * 4, rel_tol=1e-6):
-            hint = "that divides by the number of values moved, not their bytes (4 per fp32 value)."
-        elif math.isclose(got, weights_only, rel_tol=1e-6):
-            hint = "you counted only the weights: the input and output activations move too."
-        else:
-            hint = ("FLOPs = 2 x batch x n_in x n_out; bytes = 4 x (weights + biases + batch x n_in inputs "
-                    "+ batch x n_out outputs).")
+        hint = diagnose(got, {
+            expected / 2: "that is MACs per byte: one MAC is 2 FLOPs.",
+            expected / 4: "that counts 1 byte per number: fp32 takes 4 bytes.",
+            expected * 4: "that divides by the number of values moved, not their bytes (4 per fp32 value).",
+            2 * batch * n_in * n_out / (4 * (n_in * n_out + n_out)):
+                "you counted only the weights: the input and output activations move too.",
+        }, default="FLOPs = 2 x batch x n_in x n_out; bytes = 4 x (weights + biases + batch x n_in inputs "
+                   "+ batch x n_out outputs).")
         fail("1.2", f"{expected:.4f} FLOPs/byte for linear_intensity{args}", f"{got:.4f}", hint)
     passed("1.2", "linear_intensity is right at batch 1, 32, 64 and 1000")
 
@@ -71,7 +54,7 @@ def check_is_memory_bound(is_memory_bound: Callable[[float, float, float], bool]
     cases = [(0.5, 100.0, 20.0, True), (50.0, 100.0, 20.0, False), (4.9, 100.0, 20.0, True),
              (5.1, 100.0, 20.0, False), (10.0, 1000.0, 50.0, True)]
     for intensity, peak, bandwidth, expected in cases:
-        got = _call("1.3", is_memory_bound, intensity, peak, bandwidth)
+        got = call_answer("1.3", is_memory_bound, intensity, peak, bandwidth)
         if not isinstance(got, bool):
             fail("1.3", "True or False", f"{type(got).__name__} {got!r}", "return a comparison, e.g. a < b.")
         if got != expected:
@@ -86,15 +69,14 @@ def check_is_memory_bound(is_memory_bound: Callable[[float, float, float], bool]
 def check_amdahl(amdahl_speedup: Callable[[float, float], float]) -> None:
     """Exercise 1.4: ``amdahl_speedup(fraction, factor)``: overall speedup when ``fraction`` of the time gets ``factor``x faster."""
     for fraction, factor in [(0.8, 2.0), (0.5, 4.0), (1.0, 3.0), (0.0, 10.0), (0.9, 1.4)]:
-        got = require_number("1.4", "the speedup", _call("1.4", amdahl_speedup, fraction, factor))
+        got = require_number("1.4", "the speedup", call_answer("1.4", amdahl_speedup, fraction, factor))
         expected = 1 / ((1 - fraction) + fraction / factor)
         if math.isclose(got, expected, rel_tol=1e-6):
             continue
-        if math.isclose(got, fraction * factor + (1 - fraction), rel_tol=1e-6):
-            hint = "you averaged the speedups: average the *times* instead (the unchanged part still takes 1 - fraction)."
-        elif math.isclose(got, factor, rel_tol=1e-6):
-            hint = "only the accelerated part gets faster: the rest of the time stays."
-        else:
-            hint = "new time = (1 - fraction) + fraction / factor (old time = 1); speedup = old time / new time."
+        hint = diagnose(got, {
+            fraction * factor + (1 - fraction): "you averaged the speedups: average the *times* instead "
+                                                "(the unchanged part still takes 1 - fraction).",
+            factor: "only the accelerated part gets faster: the rest of the time stays.",
+        }, default="new time = (1 - fraction) + fraction / factor (old time = 1); speedup = old time / new time.")
         fail("1.4", f"{expected:.4f} for fraction={fraction}, factor={factor}", f"{got:.4f}", hint)
     passed("1.4", "amdahl_speedup is right, including the edge cases 0% and 100%")

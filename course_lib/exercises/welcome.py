@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from course_lib.exercises import ExerciseError, check_number, fail, passed
+from course_lib.exercises import call_answer, check_number, diagnose, fail, passed
 
 # LeNet-300-100: 784*300 + 300, 300*100 + 100, 100*10 + 10
 LENET_300_100_PARAMETERS = 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
@@ -43,27 +43,18 @@ _CASES = [
 
 def check_accuracy_function(accuracy: Callable[[torch.Tensor, torch.Tensor], object]) -> None:
     """Exercise 0.3: ``accuracy(logits, labels)`` returns the fraction of correct top-1 predictions."""
-    if not callable(accuracy):
-        fail("0.3", "a function accuracy(logits, labels)", type(accuracy).__name__, "define it with def accuracy(...):")
     for logits, labels, expected in _CASES:
-        try:
-            got = accuracy(logits.clone(), labels.clone())
-        except NotImplementedError:
-            raise
-        except Exception as error:  # the learner's code crashed: say where
-            raise ExerciseError(f"Exercise 0.3: accuracy(logits, labels) raised {type(error).__name__}: {error}\n"
-                                f"Hint: logits has shape [N, classes] ({tuple(logits.shape)} here), labels [N].") from error
+        got = call_answer("0.3", accuracy, logits.clone(), labels.clone(),
+                          hint="logits has shape [N, classes], labels [N].")
         value = got.item() if isinstance(got, torch.Tensor) and got.numel() == 1 else got
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             fail("0.3", "a Python float (a fraction between 0 and 1)", f"{type(got).__name__} {got!r}",
                  "return (...).float().mean().item() to turn a tensor into a number.")
         if abs(value - expected) > 1e-6:
-            if abs(value - expected * len(labels)) < 1e-6 and expected * len(labels) != expected:
-                hint = "that is the number of correct predictions: divide by the number of samples."
-            elif abs(value - 100 * expected) < 1e-6 and expected not in (0.0,):
-                hint = "that is a percentage: return a fraction between 0 and 1."
-            else:
-                hint = ("the predicted class is the index of the largest logit in each row: "
-                        "logits.argmax(dim=1), then compare with labels.")
+            hint = diagnose(value, {
+                expected * len(labels): "that is the number of correct predictions: divide by the number of samples.",
+                100 * expected: "that is a percentage: return a fraction between 0 and 1.",
+            }, default="the predicted class is the index of the largest logit in each row: "
+                       "logits.argmax(dim=1), then compare with labels.")
             fail("0.3", f"{expected} for logits {logits.tolist()} and labels {labels.tolist()}", f"{value}", hint)
     passed("0.3", "accuracy(logits, labels) is right on every test case")
