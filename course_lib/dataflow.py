@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from course_lib.measure import LatencyStats, compare_latency, measure_latency
+from course_lib.measure import LatencyStats, measure_latency
 
 
 def _tensor_bytes(value: object) -> int:
@@ -220,8 +220,8 @@ def latency_vs_batch(model: Callable, make_inputs: Callable[[int], tuple], batch
     """Latency of ``model(*make_inputs(b))`` for each batch size ``b`` (``rounds(b)`` timed rounds each)."""
     results = {}
     for batch in tqdm(batch_sizes, desc="batch sizes", leave=False):
-        results[batch] = compare_latency({"model": model}, make_inputs(batch), rounds=rounds(batch),
-                                         warmup=1 if batch >= 64 else 3)["model"]
+        results[batch] = measure_latency(model, make_inputs(batch), rounds=rounds(batch),
+                                         warmup=1 if batch >= 64 else 3)
     return results
 
 

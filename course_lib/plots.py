@@ -50,7 +50,7 @@ def bar_panels(names: Sequence[str], panels: Sequence[tuple[str, Sequence[float]
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 0.5 * len(names) + 1.6), sharey=True)
     axes = [axes] if len(panels) == 1 else list(axes)
-    for ax, (label, values, fmt) in zip(axes, panels):
+    for ax, (label, values, fmt) in zip(axes, panels, strict=True):
         bars = ax.barh(list(names), list(values), color=PALETTE[: len(names)])
         ax.bar_label(bars, labels=[format(v, fmt) for v in values], padding=3, fontsize=8)
         if log:

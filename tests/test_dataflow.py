@@ -2,7 +2,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from course_lib.dataflow import (LayerStats, Machine, attainable_gflops, format_profile, gemm_rates,
                                  int8_matmul_available, layer_inputs, layer_latencies, layer_profile,

@@ -73,7 +73,7 @@ def test_augmentation_only_flips_and_shifts(seed, padding):
     images = torch.rand(6, 1, 8, 8) + 1  # strictly above the padding value
     out = augment_flip_crop(images, torch.Generator().manual_seed(seed), padding=padding)
     assert out.shape == images.shape
-    for original, augmented in zip(images, out):
+    for original, augmented in zip(images, out, strict=True):
         candidates = [original, original.flip(2)]
         padded = [torch.nn.functional.pad(c, (padding,) * 4, value=float(images.min())) for c in candidates]
         crops = [p[:, dy:dy + 8, dx:dx + 8] for p in padded

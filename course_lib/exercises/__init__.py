@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from course_lib.data import PROJECT_ROOT
 from course_lib.io import atomic_path
