@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.course-installed
 KERNEL := compression-course
-# pytest-xdist workers; each notebook kernel then uses COURSE_THREADS torch threads.
+# Extra pytest arguments, e.g. `make test TEST_ARGS="-k minilm"`.
 TEST_ARGS ?=
 
 .PHONY: setup lab test notebooks students bench clean
