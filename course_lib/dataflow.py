@@ -96,8 +96,7 @@ def layer_profile(model: nn.Module, *inputs: torch.Tensor) -> list[LayerStats]:
     stats = []
     for name, module, args, out in records:
         parameters = sum(p.numel() for p in module.parameters(recurse=False))
-        weight_bytes = sum(t.numel() * t.element_size() for t in (*module.parameters(recurse=False),
-                                                                   *module.buffers(recurse=False)))
+        weight_bytes = _tensor_bytes((*module.parameters(recurse=False), *module.buffers(recurse=False)))
         macs = sum(flops.get(f"{root}.{name}", {}).values()) // 2
         stats.append(LayerStats(name, type(module).__name__, parameters, weight_bytes, _first_shape(args),
                                 _first_shape(out), _tensor_bytes(args), _tensor_bytes(out), macs))
