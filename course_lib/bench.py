@@ -23,11 +23,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from course_lib.data import load_fashion_mnist, load_lee_corpus
+from course_lib.data import Dataset, load_fashion_mnist, load_lee_background, load_lee_corpus
 from course_lib.dataflow import measure_machine
 from course_lib.measure import LatencyStats, compare_latency, save_state_dict, serialized_bytes
-from course_lib.minilm import MiniLM, lee_correlation, load_minilm, tokenize
+from course_lib.minilm import MiniLM, embed, lee_correlation, load_minilm, tokenize
 from course_lib.models import build_model, load_reference
+from course_lib.quantize import (compile_for_cpu, linear_input_absmax, load_dynamic_int8, load_int8, quantize_dynamic,
+                                 quantize_static, save_dynamic_int8, save_int8)
 from course_lib.runtime import Runtime, setup
 from course_lib.train import evaluate
 
@@ -164,7 +166,83 @@ def dataflow(rt: Runtime) -> list[Row]:
     return rows
 
 
-IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline, "dataflow": dataflow}
+CALIBRATION_IMAGES = 512
+SMOOTHQUANT_ALPHA = 0.7
+
+
+def _static_int8_rows(rt: Runtime, name: str, folder: Path, batch_sizes: tuple[int, ...]) -> list[Row]:
+    """fp32 eager, fp32 compiled and PT2E static int8 (saved as .pt2, reloaded, compiled), timed alternately."""
+    fp32, fp32_size = _write_and_reload(load_reference(name), lambda: build_model(name), folder, name, rt.device)
+    calibration = load_fashion_mnist("train").images[:CALIBRATION_IMAGES]
+    int8_path = folder / f"{name}-int8.pt2"
+    int8_size = save_int8(quantize_static(fp32, calibration), calibration, int8_path)
+    int8, fp32_compiled = compile_for_cpu(load_int8(int8_path)), compile_for_cpu(fp32)
+    test = load_fashion_mnist("test")
+    accuracy = evaluate(fp32, test)
+    int8_accuracy = evaluate(int8, test, batch_size=max(batch_sizes), fixed_batch=True)
+    rows = []
+    for batch in batch_sizes:
+        latency = compare_latency({"fp32": fp32, "fp32-compiled": fp32_compiled, "int8-static": int8},
+                                  (test.images[:batch],), rounds=30 if batch == 1 else 15, warmup=3)
+        for variant, size, metric in [("fp32", fp32_size, accuracy), ("fp32-compiled", fp32_size, accuracy),
+                                      ("int8-static", int8_size, int8_accuracy)]:
+            rows.append(make_row(rt, "quantization", name, variant, batch, "accuracy", metric, accuracy, size,
+                                 fp32_size, latency[variant], latency["fp32"]))
+    return rows
+
+
+def _half_precision_rows(rt: Runtime, folder: Path) -> list[Row]:
+    """On a GPU: fp32 vs fp16 of the course CNN (tensor cores), both compiled."""
+    fp32, fp32_size = _write_and_reload(load_reference("course_cnn"), lambda: build_model("course_cnn"), folder,
+                                        "course_cnn", rt.device)
+    fp16, fp16_size = _write_and_reload(load_reference("course_cnn").half(), lambda: build_model("course_cnn").half(),
+                                        folder, "course_cnn-fp16", rt.device)
+    test = load_fashion_mnist("test")
+    accuracy, fp16_accuracy = evaluate(fp32, test, device=rt.device), evaluate(fp16, Dataset(test.images.half(),
+                                                                                             test.labels), device=rt.device)
+    rows = []
+    for batch in BATCH_SIZES:
+        x = test.images[:batch].to(rt.device)
+        latency = compare_latency({"fp32": torch.compile(fp32), "fp16": torch.compile(fp16)}, (x,), rounds=30)
+        rows.append(make_row(rt, "quantization", "course_cnn", "fp16", batch, "accuracy", fp16_accuracy, accuracy,
+                             fp16_size, fp32_size, latency["fp16"], latency["fp32"]))
+    return rows
+
+
+def minilm_calibration_absmax(model: nn.Module, documents: int = 64) -> dict[str, torch.Tensor]:
+    """Per-channel input ranges of MiniLM's Linear layers on Lee background documents (not the evaluated 50)."""
+    background = load_lee_background()[:documents]
+    return linear_input_absmax(model, lambda: embed(model, background))
+
+
+def _dynamic_int8_minilm_row(rt: Runtime, folder: Path) -> Row:
+    """MiniLM with every Linear in dynamic int8 (per-channel weights, 8-bit activations, SmoothQuant)."""
+    fp32, fp32_size = _write_and_reload(load_minilm(), MiniLM, folder, "minilm", rt.device)
+    documents, _ = load_lee_corpus()
+    reference = embed(fp32, documents)
+    int8 = quantize_dynamic(fp32, smooth_alpha=SMOOTHQUANT_ALPHA, absmax=minilm_calibration_absmax(fp32))
+    size = save_dynamic_int8(int8, folder / "minilm-int8.safetensors")
+    reloaded = load_dynamic_int8(folder / "minilm-int8.safetensors", MiniLM())
+    cosine = nn.functional.cosine_similarity(embed(reloaded, documents), reference).mean().item()
+    latency = compare_latency({"fp32": fp32, "int8-dynamic": reloaded}, minilm_inputs(32, rt.device), rounds=9,
+                              warmup=2)
+    return make_row(rt, "quantization", "minilm", "int8-dynamic", 32, "cosine_to_fp32", cosine, 1.0, size,
+                    fp32_size, latency["int8-dynamic"], latency["fp32"])
+
+
+def quantization(rt: Runtime) -> list[Row]:
+    """CPU: PT2E static int8 of the course CNN (batch 64 and 1) and LeNet-5 (batch 64), dynamic int8 MiniLM
+    (batch 32 x 128 tokens). GPU: fp16 of the course CNN (the CPU int8 kernels do not run there)."""
+    with tempfile.TemporaryDirectory() as folder:
+        if rt.device.type == "cuda":
+            return _half_precision_rows(rt, Path(folder))
+        return (_static_int8_rows(rt, "course_cnn", Path(folder), (64, 1))
+                + [r for r in _static_int8_rows(rt, "lenet5", Path(folder), (64,)) if r.variant == "int8-static"]
+                + [_dynamic_int8_minilm_row(rt, Path(folder))])
+
+
+IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline, "dataflow": dataflow,
+                                                         "quantization": quantization}
 
 
 def format_table(rows: list[Row]) -> str:

@@ -193,6 +193,19 @@ def load_lee_corpus() -> tuple[list[str], torch.Tensor]:
     return documents, ratings
 
 
+def load_lee_background() -> list[str]:
+    """The Lee background corpus: 300 other news documents from the same source as the Lee set (none of the 50).
+
+    The course calibrates on it (e.g. SmoothQuant's activation ranges) so that the 50 rated documents stay unseen.
+    """
+    documents = package_file("gensim/test/test_data/lee_background.cor").read_text(encoding="latin-1").splitlines()
+    documents = [d for d in documents if d.strip()]
+    if len(documents) != 300:
+        raise DataFileError(f"Lee background corpus has {len(documents)} documents, expected 300. "
+                            "Restore it with `make setup`.")
+    return documents
+
+
 def main() -> None:
     """``python -m course_lib.data``: verify every data and weight file (run by ``make setup``)."""
     try:

@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from course_lib.measure import LatencyStats, measure_latency
+from course_lib.measure import LatencyStats, compare_latency, measure_latency
 
 
 def _tensor_bytes(value: object) -> int:
@@ -129,6 +129,20 @@ def layer_latencies(model: nn.Module, *inputs: torch.Tensor, rounds: int = 10,
     chosen = names if names is not None else list(captured)
     return {name: measure_latency(modules[name], captured[name], rounds=rounds, warmup=2)
             for name in tqdm(chosen, desc="timing layers", leave=False)}
+
+
+def paired_layer_latencies(variants: dict[str, nn.Module], *inputs: torch.Tensor, rounds: int = 5
+                           ) -> dict[str, dict[str, LatencyStats]]:
+    """Each leaf layer of several variants of one model (same layer names, e.g. fp32 and int8), timed alone
+    in alternating rounds on the input the first variant's layer sees: ``{layer: {variant: stats}}``."""
+    reference = next(iter(variants.values()))
+    captured = layer_inputs(reference, *inputs)
+    leaves = {name: dict(_leaves(model)) for name, model in variants.items()}
+    missing = {v: sorted(set(captured) - set(layers)) for v, layers in leaves.items() if set(captured) - set(layers)}
+    if missing:
+        raise ValueError(f"the variants do not have the same layers: missing {missing}")
+    return {layer: compare_latency({v: leaves[v][layer] for v in variants}, args, rounds=rounds, warmup=2)
+            for layer, args in tqdm(captured.items(), desc="timing layers", leave=False)}
 
 
 def gemm_rates(n: int = 1024, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import warnings
@@ -75,6 +76,12 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*is deprecated.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="jupyter_client")
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated.*")
+    warnings.filterwarnings("ignore", message=".*To copy construct from a tensor.*")  # inside inductor's int8 lowering
+    # torchao on a CPU-only machine reports CUDA extensions it cannot load, and its import makes torch log a
+    # deprecation notice about an Enum it registers: both harmless here.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def setup(seed: int = DEFAULT_SEED, threads: int | None = None, device: str | None = None) -> Runtime:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 from torch import nn
@@ -38,21 +39,44 @@ class History:
 
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000,
-            device: torch.device | str | None = None) -> torch.Tensor:
-    """Logits of ``model`` on ``images`` (evaluated in batches, in eval mode), returned on the CPU."""
-    device = device or next(model.parameters()).device
+            device: torch.device | str | None = None, fixed_batch: bool = False) -> torch.Tensor:
+    """Logits of ``model`` on ``images`` (evaluated in batches, in eval mode), returned on the CPU.
+
+    ``fixed_batch`` pads the last batch to ``batch_size`` so that a compiled model sees a single shape.
+    """
+    device = device or _device_of(model)
     was_training = model.training
-    model.eval()
-    outputs = [model(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
-    model.train(was_training)
+    _set_training(model, False)
+    outputs = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        missing = batch_size - len(chunk) if fixed_batch else 0
+        if missing:
+            chunk = torch.cat([chunk, chunk.new_zeros((missing, *chunk.shape[1:]))])
+        outputs.append(model(chunk.to(device))[:len(chunk) - missing].float().cpu())
+    _set_training(model, was_training)
     return torch.cat(outputs)
 
 
+def _set_training(model: nn.Module, mode: bool) -> None:
+    """``model.train(mode)``, except for exported programs, whose mode was fixed when they were exported."""
+    try:
+        model.train(mode)
+    except NotImplementedError:
+        pass
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model without any, e.g. an int8 graph)."""
+    tensors = [*model.parameters(), *model.buffers()][:1]
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
 def evaluate(model: nn.Module, dataset: Dataset | None = None, batch_size: int = 1000,
-             device: torch.device | str | None = None) -> float:
+             device: torch.device | str | None = None, fixed_batch: bool = False) -> float:
     """Top-1 accuracy of ``model`` on a dataset (default: the full 10,000-image Fashion-MNIST test set)."""
     dataset = dataset or load_fashion_mnist("test")
-    logits = predict(model, dataset.images, batch_size=batch_size, device=device)
+    logits = predict(model, dataset.images, batch_size=batch_size, device=device, fixed_batch=fixed_batch)
     return (logits.argmax(1) == dataset.labels).float().mean().item()
 
 
@@ -69,11 +93,13 @@ def train(
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     evaluate_every_epoch: bool = True,
     progress: bool = True,
+    steps_per_epoch: int | None = None,
 ) -> History:
     """Train ``model`` on the Fashion-MNIST training set with a cosine learning-rate schedule.
 
     ``optimizer`` is ``"sgd"`` (Nesterov momentum 0.9) or ``"adam"``. ``loss_fn(model, images, labels)``
-    replaces cross-entropy (e.g. for distillation). The same seed gives the same run.
+    replaces cross-entropy (e.g. for distillation). ``steps_per_epoch`` stops each epoch after that many batches
+    (a short fine-tune on part of the data). The same seed gives the same run.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -83,18 +109,21 @@ def train(
     device = torch.device(device)
     model.to(device)
     loader = make_loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+    if steps_per_epoch is not None and not 1 <= steps_per_epoch <= len(loader):
+        raise ValueError(f"steps_per_epoch must be from 1 to {len(loader)} (batches in an epoch), got {steps_per_epoch}")
+    steps = steps_per_epoch or len(loader)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.15)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.15)
     loss_fn = loss_fn or (lambda m, x, y: nn.functional.cross_entropy(m(x), y))
     generator = torch.Generator().manual_seed(seed)
     history = History()
     for epoch in tqdm(range(epochs), desc="epochs", disable=not progress):
         history.train_loss.append(_train_epoch(model, loader, opt, schedule, loss_fn, augment, generator, device,
-                                               progress, f"epoch {epoch + 1}/{epochs}"))
+                                               progress, f"epoch {epoch + 1}/{epochs}", steps))
         if evaluate_every_epoch:
             history.test_accuracy.append(evaluate(model, device=device))
     model.eval()
@@ -102,11 +131,11 @@ def train(
 
 
 def _train_epoch(model, loader: DataLoader, opt, schedule, loss_fn, augment: bool, generator: torch.Generator,
-                 device: torch.device, progress: bool, desc: str) -> float:
+                 device: torch.device, progress: bool, desc: str, steps: int) -> float:
     model.train()
     memory_format = torch.channels_last if _has_conv(model) else torch.contiguous_format
     total, count = 0.0, 0
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for images, labels in tqdm(islice(loader, steps), total=steps, desc=desc, leave=False, disable=not progress):
         if augment:
             images = augment_flip_crop(images, generator)
         images = images.to(device, memory_format=memory_format)

@@ -128,3 +128,74 @@ def roofline_explorer(profiles: dict[str, list[LayerStats]], machine: Machine,
     batch.observe(update, names="value")
     update()
     return widgets.VBox([widgets.HBox([model, layer]), batch, text, plot])
+
+
+def draw_quantized_weights(fig: plt.Figure, weight: torch.Tensor, bits: int, per_channel: bool, method: str,
+                           channel: int = 0) -> str:
+    """Histogram of one output channel's weights with its quantization grid; returns the error summary.
+
+    Per-tensor, the grid comes from the whole layer: a small-range channel then gets only a few levels.
+    """
+    from course_lib.quantize import binarize, compute_qparams, dequantize, quantize
+
+    axis = 0 if per_channel else None
+    row = weight[channel].flatten()
+    if bits == 1:
+        rebuilt = binarize(weight, axis)[channel].flatten()
+        levels = torch.unique(rebuilt)
+    else:
+        qp = compute_qparams(weight, bits, symmetric=True, axis=axis, method=method)
+        rebuilt = dequantize(quantize(weight, qp), qp)[channel].flatten()
+        scale = qp.scale[channel] if per_channel else qp.scale
+        levels = torch.arange(qp.qmin, qp.qmax + 1) * scale
+    fig.clear()
+    ax = fig.add_subplot()
+    ax.hist(row.numpy(), bins=80, color=PALETTE[0], alpha=0.8)
+    visible = levels[(levels >= row.min() - 1e-9) & (levels <= row.max() + 1e-9)]
+    for level in visible if len(visible) <= 64 else []:
+        ax.axvline(level.item(), color=PALETTE[1], linewidth=0.8, alpha=0.8)
+    ax.set_xlabel("weight value")
+    ax.set_ylabel("count")
+    ax.set_title(f"output channel {channel}: {len(visible)} grid levels inside its range"
+                 + (" (too many to draw)" if len(visible) > 64 else ""))
+    error = (rebuilt - row).abs()
+    return (f"{bits}-bit {'per-channel' if per_channel else 'per-tensor'} ({method}): mean |error| "
+            f"{error.mean().item():.2e}, max {error.max().item():.2e}, relative RMS "
+            f"{((rebuilt - row).pow(2).mean().sqrt() / row.pow(2).mean().sqrt()).item():.1%}")
+
+
+def quantization_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
+    """Pick a layer, a channel, bits, granularity and calibration; see the weights on their grid, the error, and
+    the whole model's test accuracy for that setting (from the cached sweep ``results``)."""
+    from course_lib.sweeps import weight_quantization_key
+
+    layers = {name: m.weight.detach() for name, m in model.named_modules()
+              if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    layer = widgets.Dropdown(options=list(layers), description="layer")
+    channel = widgets.IntSlider(value=0, min=0, max=len(layers[layer.value]) - 1, description="channel",
+                                continuous_update=False)
+    bits = widgets.IntSlider(value=4, min=1, max=8, description="bits", continuous_update=False)
+    granularity = widgets.ToggleButtons(options=["tensor", "channel"], value="tensor", description="scale per")
+    method = widgets.Dropdown(options=["minmax", "percentile", "mse"], description="calibration")
+    text = widgets.HTML()
+    plot = widgets.Output()
+    with plot:
+        fig = plt.figure(figsize=(7.5, 3.6))
+        plt.close(fig)
+
+    def update(change: dict | None = None) -> None:
+        channel.max = len(layers[layer.value]) - 1
+        summary = draw_quantized_weights(fig, layers[layer.value], bits.value, granularity.value == "channel",
+                                         method.value, channel.value)
+        key = weight_quantization_key(bits.value, granularity.value, method.value)
+        accuracy = results["accuracy"][key]
+        text.value = (f"<pre>{html.escape(summary)}\nwhole model, all layers at this setting: test accuracy "
+                      f"{accuracy:.2%} (fp32 {results['baseline_accuracy']:.2%})</pre>")
+        plot.clear_output(wait=True)
+        with plot:
+            display(fig)
+
+    for control in (layer, channel, bits, granularity, method):
+        control.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([layer, channel]), widgets.HBox([bits, method]), granularity, text, plot])

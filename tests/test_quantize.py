@@ -1,0 +1,229 @@
+"""course_lib.quantize: the arithmetic (property tests), model-level simulation, QAT, and the real int8 paths."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from course_lib import quantize as Q
+from course_lib.minilm import MiniLM, MiniLMConfig
+from course_lib.models import build_model
+
+floats = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False, width=32)
+
+
+@st.composite
+def tensors(draw, min_size=1, max_size=64):
+    values = draw(st.lists(floats, min_size=min_size, max_size=max_size))
+    return torch.tensor(values, dtype=torch.float32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=tensors(), bits=st.integers(2, 16), symmetric=st.booleans())
+def test_error_within_range_is_at_most_half_a_step(x, bits, symmetric):
+    qp = Q.compute_qparams(x, bits, symmetric)
+    q = Q.quantize(x, qp)
+    assert q.dtype == torch.int32 and int(q.min()) >= qp.qmin and int(q.max()) <= qp.qmax
+    error = (Q.dequantize(q, qp) - x).abs()
+    assert bool((error <= qp.scale / 2 * (1 + 1e-4) + 1e-6).all())
+
+
+@settings(max_examples=100, deadline=None)
+@given(x=tensors(min_size=2), bits=st.integers(2, 8))
+def test_zero_is_exact_and_affine_grid_spans_the_range(x, bits):
+    qp = Q.compute_qparams(x, bits, symmetric=False)
+    zero = torch.zeros(1)
+    assert Q.dequantize(Q.quantize(zero, qp), qp).item() == 0.0
+    assert 0 <= int(qp.zero_point) <= 2 ** bits - 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(x=tensors(min_size=2), bits=st.integers(2, 8))
+def test_values_outside_the_range_saturate(x, bits):
+    qp = Q.compute_qparams(x, bits, symmetric=True)
+    far = torch.tensor([1.0, -1.0]) * qp.scale * (qp.qmax + 2)  # two steps beyond the grid on either side
+    assert Q.quantize(far, qp).tolist() == [qp.qmax, qp.qmin]
+
+
+def test_integer_ranges_and_ternary():
+    assert Q.integer_range(8, True) == (-127, 127) and Q.integer_range(8, False) == (0, 255)
+    assert Q.integer_range(2, True) == (-1, 1)
+    w = torch.tensor([[-0.9, 0.05, 0.7], [0.2, -0.3, 0.01]])
+    assert set(Q.quantize_tensor(w, 2)[0].div(0.9).round().tolist()) <= {-1.0, 0.0, 1.0}
+
+
+def test_matches_pytorch_fake_quantize():
+    x = torch.randn(1000) * 2
+    qp = Q.compute_qparams(x, 8, symmetric=False)
+    ours = Q.dequantize(Q.quantize(x, qp), qp)
+    theirs = torch.fake_quantize_per_tensor_affine(x, qp.scale.item(), int(qp.zero_point), 0, 255)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_per_channel_beats_per_tensor_when_channel_ranges_differ():
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(0)) * torch.logspace(-3, 0, 16).unsqueeze(1)
+
+    def relative_error(per_channel):
+        return ((Q.quantize_tensor(w, 4, per_channel=per_channel) - w).norm(dim=1) / w.norm(dim=1))
+
+    per_tensor, per_channel = relative_error(False), relative_error(True)
+    assert bool((per_channel < 0.25).all()) and per_tensor[0] == 1.0  # the smallest channel rounds to all zeros
+    assert per_channel.mean() < per_tensor.mean() / 3
+
+
+def test_clipping_calibration_trades_outliers_for_resolution():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(10_000, generator=generator), torch.tensor([40.0])])
+    errors = {m: (Q.dequantize(Q.quantize(x, qp := Q.compute_qparams(x, 4, method=m)), qp) - x).pow(2).mean()
+              for m in Q.CALIBRATIONS}
+    assert errors["mse"] <= errors["minmax"] and errors["percentile"] < errors["minmax"]
+    low, high = Q.calibrate_range(x, "percentile", percentile=99.9)
+    assert high < 5 < 40
+
+
+def test_binarize_keeps_sign_and_mean_magnitude_per_channel():
+    w = torch.tensor([[1.0, -3.0], [0.5, 0.5]])
+    assert Q.binarize(w).tolist() == [[2.0, -2.0], [0.5, 0.5]]
+
+
+@pytest.mark.parametrize("bits", [0, 17, 2.5, True])
+def test_bits_outside_the_supported_range_are_refused(bits):
+    with pytest.raises(ValueError, match="bits must be an integer from 1 to 16"):
+        Q.quantize_tensor(torch.randn(4, 4), bits)
+
+
+def test_bad_inputs_get_clear_errors():
+    qp = Q.QParams(torch.tensor(0.0), torch.tensor(0), 8, True)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        Q.quantize(torch.randn(3), qp)
+    with pytest.raises(ValueError, match="empty"):
+        Q.compute_qparams(torch.empty(0))
+    with pytest.raises(TypeError, match="floating-point"):
+        Q.compute_qparams(torch.arange(5))
+    with pytest.raises(ValueError, match="unknown calibration method 'max'"):
+        Q.calibrate_range(torch.randn(5), "max")
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        Q.quantize_static(build_model("lenet5"), torch.empty(0, 1, 28, 28))
+
+
+def test_unsupported_layers_are_named_with_the_fix():
+    model = nn.Sequential(nn.Linear(4, 8), nn.GRU(8, 8))
+    with pytest.raises(Q.UnsupportedLayerError, match=r"1 \(GRU\).*skip=\['1'\]"):
+        Q.quantize_weights(model, 8)
+    assert Q.check_supported(model, skip=["1"]) == ["0"]
+    with pytest.raises(Q.UnsupportedLayerError, match="no Conv2d or Linear"):
+        Q.prepare_qat(nn.Sequential(nn.ReLU()), 4)
+
+
+def test_quantize_weights_copies_and_rounds_only_conv_and_linear():
+    model = build_model("course_cnn").eval()
+    quantized = Q.quantize_weights(model, 3)
+    conv = quantized.features[0].weight
+    assert len(torch.unique(conv[0])) <= 7 and not torch.equal(conv, model.features[0].weight)
+    assert torch.equal(quantized.features[1].weight, model.features[1].weight)  # batch norm stays float
+
+
+def test_integer_linear_matches_float_within_output_step():
+    generator = torch.Generator().manual_seed(1)
+    x, w, b = torch.randn(8, 64, generator=generator), torch.randn(16, 64, generator=generator) * 0.1, torch.randn(16)
+    x_qp = Q.compute_qparams(x, 8, symmetric=False)
+    w_qp = Q.compute_qparams(w, 8, symmetric=True, axis=0)
+    reference = nn.functional.linear(Q.dequantize(Q.quantize(x, x_qp), x_qp), Q.dequantize(Q.quantize(w, w_qp), w_qp), b)
+    out_qp = Q.compute_qparams(reference, 8, symmetric=False)
+    y_q = Q.integer_linear(Q.quantize(x, x_qp), x_qp, Q.quantize(w, w_qp), w_qp, b, out_qp)
+    assert (Q.dequantize(y_q, out_qp) - reference).abs().max() <= out_qp.scale * 0.51 + 1e-6
+    with pytest.raises(TypeError, match="int32 codes"):
+        Q.integer_linear(x, x_qp, Q.quantize(w, w_qp), w_qp, b, out_qp)
+
+
+def test_fixed_point_multiplier_is_accurate():
+    m, shift = Q.fixed_point_multiplier(torch.tensor([0.3, 0.00123]))
+    assert torch.allclose(m.double() / 2 ** shift, torch.tensor([0.3, 0.00123], dtype=torch.float64), rtol=1e-7)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        Q.fixed_point_multiplier(torch.tensor([1.5]))
+
+
+def test_fake_quant_passes_gradients_straight_through():
+    w = torch.randn(6, 5, requires_grad=True)
+    layer = Q.FakeQuantWeight(4)
+    out = layer(w)
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+    assert len(torch.unique(out[0].detach())) <= 15
+
+
+def test_qat_trains_fake_quantized_weights_and_bakes_them():
+    model = build_model("lenet_300_100")
+    prepared = Q.prepare_qat(model, 4)
+    opt = torch.optim.SGD(prepared.parameters(), lr=0.1)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    before = prepared.fc1.parametrizations.weight.original.detach().clone()
+    nn.functional.cross_entropy(prepared(x), y).backward()
+    opt.step()
+    assert not torch.equal(before, prepared.fc1.parametrizations.weight.original)
+    Q.finish_qat(prepared)
+    assert type(prepared.fc1.weight) is nn.Parameter and len(torch.unique(prepared.fc1.weight[0])) <= 15
+    assert torch.equal(Q.quantize_weights(prepared, 4).fc1.weight, prepared.fc1.weight)
+
+
+def test_static_int8_roundtrips_through_a_pt2_file(tmp_path):
+    model = build_model("lenet5").eval()
+    images = torch.randn(64, 1, 28, 28)
+    converted = Q.quantize_static(model, images)
+    with pytest.raises(ValueError, match=r"\.pt2"):
+        Q.save_int8(converted, images, tmp_path / "model.bin")
+    size = Q.save_int8(converted, images, tmp_path / "model.pt2")
+    fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert size < 0.4 * fp32_bytes
+    reloaded = Q.load_int8(tmp_path / "model.pt2")
+    with torch.no_grad():
+        expected, got, fp32 = converted(images[:5]), reloaded(images[:5]), model(images[:5])
+    assert torch.allclose(expected, got) and torch.allclose(got, fp32, atol=0.1 * fp32.abs().max().item())
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+
+
+def _tiny_minilm() -> MiniLM:
+    torch.manual_seed(0)
+    return MiniLM(MiniLMConfig(vocab_size=100, hidden=32, layers=2, heads=2, intermediate=64)).eval()
+
+
+def test_dynamic_int8_is_close_to_float_and_roundtrips(tmp_path):
+    model = _tiny_minilm()
+    ids, mask = torch.randint(0, 100, (4, 12)), torch.ones(4, 12, dtype=torch.long)
+    absmax = Q.linear_input_absmax(model, lambda: model(ids, mask))
+    assert len(absmax) == 12
+    int8 = Q.quantize_dynamic(model, smooth_alpha=0.5, absmax=absmax)
+    assert not any(isinstance(m, nn.Linear) for m in int8.modules())
+    with torch.no_grad():
+        reference, got = model(ids, mask), int8(ids, mask)
+    assert nn.functional.cosine_similarity(reference, got).min() > 0.99
+    Q.save_dynamic_int8(int8, tmp_path / "m.safetensors")
+    reloaded = Q.load_dynamic_int8(tmp_path / "m.safetensors", MiniLM(model.cfg))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, mask), got)
+    with pytest.raises(ValueError, match="calibration statistics"):
+        Q.quantize_dynamic(model, smooth_alpha=0.5)
+
+
+def test_simulated_linear_matches_the_int8_kernel():
+    generator = torch.Generator().manual_seed(5)
+    linear = nn.Linear(64, 32)
+    x = torch.randn(10, 64, generator=generator)
+    simulated = Q.SimulatedQuantLinear(linear, act_bits=8)(x)
+    real = Q.DynamicInt8Linear.from_linear(linear)(x)
+    assert (simulated - real).abs().max() < 0.02 * real.abs().max()
+
+
+def test_smoothing_factors_preserve_the_product():
+    linear = nn.Linear(8, 4)
+    s = Q.smoothing_factors(torch.rand(8) * 10 + 0.1, linear.weight, 0.5)
+    x = torch.randn(3, 8)
+    assert torch.allclose((x / s) @ (linear.weight * s).T, x @ linear.weight.T, atol=1e-5)
+    with pytest.raises(ValueError, match="alpha"):
+        Q.smoothing_factors(torch.ones(8), linear.weight, 1.5)
+
+
+def test_replace_linears_refuses_unknown_names():
+    with pytest.raises(ValueError, match="not Linear layers"):
+        Q.replace_linears(_tiny_minilm(), lambda n, l: l, names=["embedding_norm"])
