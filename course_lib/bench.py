@@ -247,12 +247,12 @@ IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline, 
 
 def format_table(rows: list[Row]) -> str:
     """Rows as a fixed-width text table."""
-    header = f"{'topic':<10} {'model':<14} {'variant':<16} {'dev':<4} {'batch':>5} {'metric':>18} " \
+    header = f"{'topic':<12} {'model':<14} {'variant':<16} {'dev':<4} {'batch':>5} {'metric':>18} " \
              f"{'size':>11} {'x':>5} {'latency ms (p10-p90)':>24} {'speedup':>7}"
     lines = [header, "-" * len(header)]
     for r in rows:
         spread = f"{r.latency_ms:.2f} ({r.latency_p10_ms:.2f}-{r.latency_p90_ms:.2f})"
-        lines.append(f"{r.topic:<10} {r.model:<14} {r.variant:<16} {r.device:<4} {r.batch_size:>5} "
+        lines.append(f"{r.topic:<12} {r.model:<14} {r.variant:<16} {r.device:<4} {r.batch_size:>5} "
                      f"{r.metric_name + ' ' + format(r.metric, '.4f'):>18} {r.size_bytes:>11,} {r.compression:>5.2f} "
                      f"{spread:>24} {r.speedup:>7.2f}")
     return "\n".join(lines)

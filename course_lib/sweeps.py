@@ -61,8 +61,8 @@ def load_results(name: str) -> dict:
         raise ValueError(f"unknown sweep {name!r}: choose one of {', '.join(SWEEPS)}")
     path = results_path(name)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: restore it with `git checkout -- {path.relative_to(DATA_DIR.parent)}`"
-                                f" or regenerate it with `python -m course_lib.sweeps {name}`")
+        raise FileNotFoundError(f"{path} is missing: restore it with `git checkout -- data/results/{path.name}` or "
+                                f"regenerate it with `python -m course_lib.sweeps {name}`")
     return json.loads(path.read_text())
 
 

@@ -76,3 +76,20 @@ def test_dataflow_cli_rows():
     assert models == [(m, "fp32", b) for m in ("course_cnn", "minilm") for b in (1, 8, 64)]
     latency = {(r["model"], r["batch_size"]): r["latency_ms"] for r in rows if r["model"] != "machine"}
     assert latency[("minilm", 64)] > latency[("minilm", 1)]
+
+
+def test_quantization_cli_rows():
+    """The real command: files written and reloaded, quality measured from them; timings are reported, not judged."""
+    result = subprocess.run([sys.executable, "-m", "course_lib.bench", "quantization", "--json"],
+                            capture_output=True, text=True, check=True)
+    rows = json.loads(result.stdout)
+    keys = [(r["model"], r["variant"], r["batch_size"]) for r in rows]
+    assert keys == [("course_cnn", v, b) for b in (64, 1) for v in ("fp32", "fp32-compiled", "int8-static")] + [
+        ("lenet5", "int8-static", 64), ("minilm", "int8-dynamic", 32)]
+    by_key = dict(zip(keys, rows, strict=True))
+    cnn = by_key[("course_cnn", "int8-static", 64)]
+    assert abs(cnn["metric"] - cnn["baseline_metric"]) <= 0.005 and cnn["size_bytes"] <= 0.30 * cnn["baseline_size_bytes"]
+    assert by_key[("lenet5", "int8-static", 64)]["compression"] > 3.3
+    minilm = by_key[("minilm", "int8-dynamic", 32)]
+    assert minilm["metric_name"] == "cosine_to_fp32" and minilm["metric"] >= 0.99 and minilm["baseline_metric"] == 1.0
+    assert all(r["cpu_capability"] and r["latency_ms"] > 0 for r in rows)

@@ -83,6 +83,13 @@ def test_unlisted_file_is_refused():
         data.data_file("fashion-mnist/other.gz")
 
 
+def test_lee_background_is_separate_from_the_rated_documents():
+    from course_lib.data import load_lee_background
+
+    background = load_lee_background()
+    assert len(background) == 300 and not set(background) & set(load_lee_corpus()[0])
+
+
 def test_lee_corpus():
     documents, ratings = load_lee_corpus()
     assert len(documents) == 50 and all(len(d.split()) > 40 for d in documents)

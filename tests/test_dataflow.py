@@ -63,6 +63,19 @@ def test_layer_inputs_and_latencies_time_each_layer_alone():
     assert list(latencies) == ["fc2"] and latencies["fc2"].median_ms > 0
 
 
+def test_paired_layer_latencies_time_variants_layer_by_layer():
+    from course_lib.dataflow import paired_layer_latencies
+    from course_lib.quantize import quantize_dynamic
+
+    model = build_model("lenet_300_100").eval()
+    x = torch.randn(4, 1, 28, 28)
+    paired = paired_layer_latencies({"fp32": model, "int8": quantize_dynamic(model)}, x, rounds=2)
+    assert list(paired) == ["fc1", "fc2", "fc3"]
+    assert set(paired["fc1"]) == {"fp32", "int8"} and paired["fc1"]["int8"].median_ms > 0
+    with pytest.raises(ValueError, match="do not have the same layers"):
+        paired_layer_latencies({"a": model, "b": torch.nn.Sequential(torch.nn.Flatten())}, x)
+
+
 def test_roofline():
     assert attainable_gflops(1.0, peak_gflops=100, bandwidth_gbs=20) == 20
     assert attainable_gflops(50.0, peak_gflops=100, bandwidth_gbs=20) == 100

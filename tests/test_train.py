@@ -45,6 +45,21 @@ def test_custom_loss_is_used():
     assert calls == [10000] * 6
 
 
+def test_steps_per_epoch_stops_early():
+    model = build_model("lenet_300_100")
+    calls = []
+
+    def loss_fn(m, x, y):
+        calls.append(len(y))
+        return torch.nn.functional.cross_entropy(m(x), y)
+
+    train(model, epochs=2, lr=1e-3, optimizer="adam", batch_size=100, loss_fn=loss_fn, progress=False,
+          evaluate_every_epoch=False, steps_per_epoch=3)
+    assert calls == [100] * 6
+    with pytest.raises(ValueError, match="steps_per_epoch must be from 1 to 600"):
+        train(model, epochs=1, lr=1e-3, batch_size=100, steps_per_epoch=601)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="epochs must be at least 1"):
         train(build_model("lenet5"), epochs=0, lr=0.1)
@@ -65,6 +80,11 @@ def test_evaluate_counts_correct_predictions():
     dataset = Dataset(images, torch.tensor([0, 1, 0, 0]))
     assert evaluate(Fixed(), dataset, batch_size=3) == 0.5
     assert predict(Fixed(), images, batch_size=3).shape == (4, 10)
+    shapes = []
+    model = Fixed()
+    model.register_forward_pre_hook(lambda m, args: shapes.append(args[0].shape[0]))
+    assert evaluate(model, dataset, batch_size=3, fixed_batch=True) == 0.5
+    assert shapes == [3, 3], "the last batch is padded to the same size, and the padding is dropped"
 
 
 @settings(max_examples=25, deadline=None)

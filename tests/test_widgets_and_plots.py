@@ -102,3 +102,35 @@ def test_draw_roofline_labels_axes():
     assert ax.get_xscale() == "log" and "FLOPs per byte" in ax.get_xlabel() and "GFLOP/s" in ax.get_ylabel()
     assert len(ax.get_legend().get_texts()) == 2
     plt.close(fig)
+
+
+def test_quantization_explorer_follows_its_controls():
+    from course_lib.models import build_model
+    from course_lib.sweeps import load_results
+    from course_lib.widgets import quantization_explorer
+
+    results = load_results("quantization")
+    box = quantization_explorer(build_model("course_cnn"), results)
+    (layer, channel), (bits, method) = box.children[0].children, box.children[1].children
+    granularity, text = box.children[2], box.children[3]
+    assert "4-bit per-tensor (minmax)" in text.value and f"{results['accuracy']['4-bit/tensor/minmax']:.2%}" in text.value
+    granularity.value = "channel"
+    method.value = "mse"
+    assert f"{results['accuracy']['4-bit/channel/mse']:.2%}" in text.value
+    bits.value = 1
+    assert f"{results['accuracy']['1-bit/channel/mean-abs']:.2%}" in text.value
+    layer.value = "classifier.4"
+    assert channel.max == 9
+    plt.close("all")
+
+
+def test_draw_quantized_weights_shows_the_grid_and_the_error():
+    from course_lib.widgets import draw_quantized_weights
+
+    fig = plt.figure()
+    weight = torch.randn(4, 50) * torch.tensor([[1.0], [0.01], [1.0], [1.0]])
+    summary = draw_quantized_weights(fig, weight, 3, per_channel=False, method="minmax", channel=1)
+    assert "relative RMS 100.0%" in summary, "per-tensor at 3 bits rounds the small channel to zero"
+    assert "per-channel" in draw_quantized_weights(fig, weight, 3, per_channel=True, method="minmax", channel=1)
+    assert fig.axes[0].get_xlabel() == "weight value" and len(fig.axes[0].lines) <= 7
+    plt.close(fig)

@@ -42,6 +42,8 @@ def check_affine_qparams(affine_qparams: Callable[[float, float, int], tuple[flo
         if not isinstance(zero_point, int) or zero_point != expected_zp:
             hint = diagnose(float(zero_point), {
                 low / expected_scale: "the zero-point has the opposite sign: it is the code that 0.0 maps to.",
+                float(round(low / expected_scale)): "the zero-point has the opposite sign: it is the code that 0.0 "
+                                                    "maps to.",
                 -low / expected_scale: "the zero-point must be an integer: round it.",
             }, rel_tol=1e-5, default="zero_point = round(-low / scale), an int in [0, 2^b - 1], so that 0.0 is "
                                      "exactly representable.")
