@@ -332,9 +332,12 @@ def quantize_static(model: nn.Module, calibration_images: torch.Tensor, batch_si
     """Static int8 (weights and activations) with PT2E: export, insert observers, calibrate, convert.
 
     Returns the converted graph module: int8 numerics, but fast only once compiled (:func:`compile_for_cpu`).
+    Layers with weights other than Conv2d/Linear (and batch norm, folded into the convolutions) are refused
+    rather than silently left in float.
     """
     if not isinstance(calibration_images, torch.Tensor) or len(calibration_images) == 0:
         raise ValueError("the calibration set is empty: pass a few hundred training images, e.g. train.images[:512]")
+    check_supported(model)
     torchao = _import_torchao()
     quantizer = torchao.x86.X86InductorQuantizer().set_global(
         torchao.x86.get_default_x86_inductor_quantization_config())

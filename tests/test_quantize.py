@@ -114,6 +114,8 @@ def test_unsupported_layers_are_named_with_the_fix():
     assert Q.check_supported(model, skip=["1"]) == ["0"]
     with pytest.raises(Q.UnsupportedLayerError, match="no Conv2d or Linear"):
         Q.prepare_qat(nn.Sequential(nn.ReLU()), 4)
+    with pytest.raises(Q.UnsupportedLayerError, match=r"0 \(Conv1d\)"):
+        Q.quantize_static(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(12, 2)), torch.randn(4, 1, 8))
 
 
 def test_quantize_weights_copies_and_rounds_only_conv_and_linear():

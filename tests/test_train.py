@@ -32,14 +32,18 @@ def test_fine_tune_changes_weights_a_little():
     assert 0 < change < 0.2
 
 
-def test_custom_loss_is_used():
-    model = build_model("lenet_300_100")
-    calls = []
-
+def _counting_loss(calls: list):
+    """Cross-entropy that records the batch size of every call."""
     def loss_fn(m, x, y):
         calls.append(len(y))
         return torch.nn.functional.cross_entropy(m(x), y)
+    return loss_fn
 
+
+def test_custom_loss_is_used():
+    model = build_model("lenet_300_100")
+    calls = []
+    loss_fn = _counting_loss(calls)
     train(model, epochs=1, lr=1e-3, optimizer="adam", batch_size=10000, loss_fn=loss_fn, progress=False,
           evaluate_every_epoch=False)
     assert calls == [10000] * 6
@@ -48,12 +52,7 @@ def test_custom_loss_is_used():
 def test_steps_per_epoch_stops_early():
     model = build_model("lenet_300_100")
     calls = []
-
-    def loss_fn(m, x, y):
-        calls.append(len(y))
-        return torch.nn.functional.cross_entropy(m(x), y)
-
-    train(model, epochs=2, lr=1e-3, optimizer="adam", batch_size=100, loss_fn=loss_fn, progress=False,
+    train(model, epochs=2, lr=1e-3, optimizer="adam", batch_size=100, loss_fn=_counting_loss(calls), progress=False,
           evaluate_every_epoch=False, steps_per_epoch=3)
     assert calls == [100] * 6
     with pytest.raises(ValueError, match="steps_per_epoch must be from 1 to 600"):
