@@ -542,16 +542,19 @@ def linear_input_absmax(model: nn.Module, run: Callable[[], object]) -> dict[str
 
 def quantize_dynamic(model: nn.Module, per_channel: bool = True, reduce_range: bool = False,
                      smooth_alpha: float | None = None, absmax: dict[str, torch.Tensor] | None = None,
-                     names: Sequence[str] | None = None) -> nn.Module:
+                     names: Sequence[str] | None = None, smooth_names: Sequence[str] | None = None) -> nn.Module:
     """A copy of ``model`` with its Linear layers (or those in ``names``) as :class:`DynamicInt8Linear`.
 
-    With ``smooth_alpha``, ``absmax`` (from :func:`linear_input_absmax`) gives the SmoothQuant factors.
+    With ``smooth_alpha``, ``absmax`` (from :func:`linear_input_absmax`) gives the SmoothQuant factors, for every
+    quantized layer or only those in ``smooth_names`` (each smoothed layer costs an extra multiply of its input).
     """
     if smooth_alpha is not None and absmax is None:
         raise ValueError("SmoothQuant needs calibration statistics: pass absmax=linear_input_absmax(model, run)")
+    smoothed = None if smooth_names is None else set(smooth_names)
 
     def make(name: str, linear: nn.Linear) -> nn.Module:
-        smooth = None if smooth_alpha is None else smoothing_factors(absmax[name], linear.weight, smooth_alpha)
+        use = smooth_alpha is not None and (smoothed is None or name in smoothed)
+        smooth = smoothing_factors(absmax[name], linear.weight, smooth_alpha) if use else None
         return DynamicInt8Linear.from_linear(linear, per_channel, reduce_range, smooth)
 
     return replace_linears(model, make, names)

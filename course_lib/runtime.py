@@ -77,7 +77,8 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="jupyter_client")
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
     warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated.*")
-    warnings.filterwarnings("ignore", message=".*To copy construct from a tensor.*")  # inside inductor's int8 lowering
+    warnings.filterwarnings("ignore", message=".*To copy construct from a tensor.*")
+    warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")  # inside inductor's int8 lowering
     # torchao on a CPU-only machine reports CUDA extensions it cannot load, and its import makes torch log a
     # deprecation notice about an Enum it registers: both harmless here.
     for name in ("torchao", "torch.utils._pytree"):

@@ -1,0 +1,325 @@
+"""Pruning: choose weights, groups of weights or whole filters to remove, and make the removal real.
+
+Unstructured pruning here applies masks with ``torch.nn.utils.prune`` (the maintained implementation: the mask
+is re-applied in every forward pass, so retraining keeps pruned weights at zero). Masks alone do not make a
+model smaller or faster: :func:`sparse_state_dict` stores what is left in CSR form with its indices, and
+:func:`remove_filters` physically rebuilds a CNN with fewer channels.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from .io import atomic_path
+
+Scope = Literal["global", "layer"]
+Granularity = Literal["connection", "vector", "kernel", "filter"]
+GRANULARITIES: tuple[str, ...] = ("connection", "vector", "kernel", "filter")
+PRUNABLE = (nn.Linear, nn.Conv2d)
+
+
+def check_sparsity(sparsity: float) -> float:
+    """Return ``sparsity`` if it is a number in [0, 1), else raise a ValueError that says what is allowed."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be a fraction in [0, 1) (0.9 removes 90% of the weights), got {sparsity!r}")
+    return float(sparsity)
+
+
+def prunable_layers(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
+    """The Linear and Conv2d layers of ``model`` (or those named), by name; a clear error for other layers."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    if names is None:
+        if not layers:
+            raise ValueError("the model has no Linear or Conv2d layer to prune")
+        return layers
+    chosen = {}
+    for name in names:
+        module = dict(model.named_modules()).get(name)
+        if module is None:
+            raise ValueError(f"the model has no layer {name!r}; prunable layers: {', '.join(layers)}")
+        if not isinstance(module, PRUNABLE):
+            raise TypeError(f"cannot prune {name} ({type(module).__name__}): only Linear and Conv2d weights are "
+                            "supported")
+        chosen[name] = module
+    return chosen
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    """The layer's effective weight (masked, if a mask is applied)."""
+    return layer.weight.detach()
+
+
+def magnitude_masks(model: nn.Module, sparsity: float, scope: Scope = "global",
+                    names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Masks (1 = keep) that remove the ``sparsity`` fraction of smallest-magnitude weights.
+
+    ``global`` ranks all chosen layers' weights together (layers with small weights lose more); ``layer``
+    removes the same fraction from every layer.
+    """
+    check_sparsity(sparsity)
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    layers = prunable_layers(model, names)
+    scores = {name: _weight(layer).abs() for name, layer in layers.items()}
+    return masks_from_scores(scores, sparsity, scope)
+
+
+def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, scope: Scope = "global"
+                      ) -> dict[str, torch.Tensor]:
+    """Keep the highest-scoring weights: ``sparsity`` of the lowest scores (overall or per layer) get mask 0."""
+    check_sparsity(sparsity)
+    if scope == "global":
+        flat = torch.cat([s.flatten() for s in scores.values()])
+        count = int(round(sparsity * flat.numel()))
+        threshold = flat.kthvalue(count).values if count else flat.min() - 1
+        return {name: (s > threshold).float() for name, s in scores.items()}
+    masks = {}
+    for name, s in scores.items():
+        count = int(round(sparsity * s.numel()))
+        order = s.flatten().argsort()
+        mask = torch.ones(s.numel())
+        mask[order[:count]] = 0.0
+        masks[name] = mask.reshape(s.shape)
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Apply masks in place with ``torch.nn.utils.prune.custom_from_mask`` (masked weights stay zero in training)."""
+    layers = prunable_layers(model, masks)
+    for name, mask in masks.items():
+        layer = layers[name]
+        if mask.shape != layer.weight.shape:
+            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, the weight {tuple(layer.weight.shape)}")
+        if torch_prune.is_pruned(layer):
+            torch_prune.remove(layer, "weight")
+        torch_prune.custom_from_mask(layer, "weight", mask.to(layer.weight.device))
+    return model
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold the masks into the weights (plain ``weight`` parameters with zeros), in place."""
+    for module in model.modules():
+        if isinstance(module, PRUNABLE) and torch_prune.is_pruned(module):
+            torch_prune.remove(module, "weight")
+    return model
+
+
+def sparsity_of(model: nn.Module, names: Iterable[str] | None = None) -> float:
+    """Fraction of zero weights over the chosen Linear/Conv2d layers."""
+    weights = [_weight(layer) for layer in prunable_layers(model, names).values()]
+    total = sum(w.numel() for w in weights)
+    return sum(int((w == 0).sum()) for w in weights) / total
+
+
+def cubic_schedule(step: int, total_steps: int, final_sparsity: float, initial_sparsity: float = 0.0) -> float:
+    """Zhu & Gupta (2017): sparsity rises fast at first, then slowly: ``s_f + (s_i - s_f)(1 - t/T)^3``."""
+    check_sparsity(final_sparsity)
+    check_sparsity(initial_sparsity)
+    if total_steps < 1 or not 0 <= step <= total_steps:
+        raise ValueError(f"need 0 <= step <= total_steps and total_steps >= 1, got step={step}, "
+                         f"total_steps={total_steps}")
+    return final_sparsity + (initial_sparsity - final_sparsity) * (1 - step / total_steps) ** 3
+
+
+def group_scores(weight: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """L1 norm of each group of weights, broadcast back to the weight's shape.
+
+    Groups (Mao et al. 2017): ``connection`` one weight; ``vector`` one row of a k×k kernel (for a Linear weight:
+    one column, an input feature's weights to every output); ``kernel`` one k×k kernel (conv only); ``filter`` one
+    output channel (for a Linear weight: one output neuron's row).
+    """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}: choose one of {', '.join(GRANULARITIES)}")
+    w = weight.detach().abs()
+    if granularity == "connection":
+        return w
+    if granularity == "filter":
+        return w.flatten(1).sum(dim=1).reshape(-1, *[1] * (w.dim() - 1)).expand_as(w).clone()
+    if w.dim() == 2:
+        if granularity == "kernel":
+            raise ValueError("kernel granularity needs a convolution weight [out, in, kh, kw]")
+        return w.sum(dim=0, keepdim=True).expand_as(w).clone()  # a column: one input feature, all outputs
+    if granularity == "kernel":
+        return w.sum(dim=(2, 3), keepdim=True).expand_as(w).clone()
+    return w.sum(dim=3, keepdim=True).expand_as(w).clone()  # vector: one row of each kernel
+
+
+def structured_masks(model: nn.Module, sparsity: float, granularity: Granularity,
+                     names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Per-layer masks that remove whole groups (by L1 norm) until ``sparsity`` of each layer's weights is gone."""
+    check_sparsity(sparsity)
+    masks = {}
+    for name, layer in prunable_layers(model, names).items():
+        scores = group_scores(_weight(layer), granularity)
+        masks.update(masks_from_scores({name: scores}, sparsity, scope="layer"))
+        if granularity != "connection":
+            masks[name] = _round_to_groups(scores, masks[name])
+    return masks
+
+
+def _round_to_groups(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Make a mask respect group boundaries: a group is kept if its score is above the highest pruned score."""
+    if bool((mask == 0).any()):
+        threshold = scores[mask == 0].max()
+        return (scores > threshold).float()
+    return mask
+
+
+def hutchinson_hessian_diagonal(model: nn.Module, loss_fn, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                                samples: int = 4, names: Iterable[str] | None = None,
+                                seed: int = 0) -> dict[str, torch.Tensor]:
+    """Estimate the diagonal of the loss Hessian for each chosen layer's weight: ``E[v * (H v)]`` with random
+    ±1 vectors ``v`` (Hutchinson), averaged over ``samples`` vectors per batch and over ``batches``."""
+    layers = prunable_layers(model, names)
+    params = [layer.weight for layer in layers.values()]
+    generator = torch.Generator().manual_seed(seed)
+    total = [torch.zeros_like(p) for p in params]
+    count = 0
+    for images, labels in batches:
+        loss = loss_fn(model(images), labels)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        for _ in range(samples):
+            vs = [torch.randint(0, 2, p.shape, generator=generator).to(p) * 2 - 1 for p in params]
+            hvs = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
+            for t, v, hv in zip(total, vs, hvs, strict=True):
+                t += (v * hv).detach()
+            count += 1
+    if count == 0:
+        raise ValueError("no batch was given: pass a few (images, labels) batches of training data")
+    return {name: t / count for name, t in zip(layers, total, strict=True)}
+
+
+def obd_saliency(model: nn.Module, hessian_diagonal: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Optimal Brain Damage (LeCun et al. 1990): the loss increase from deleting a weight, ``h_ii w_i^2 / 2``."""
+    layers = prunable_layers(model, hessian_diagonal)
+    return {name: 0.5 * hessian_diagonal[name].clamp(min=0) * _weight(layer) ** 2 for name, layer in layers.items()}
+
+
+def filter_l1_norms(conv: nn.Conv2d) -> torch.Tensor:
+    """L1 norm of each output filter (Li et al. 2017's ranking: small filters matter least)."""
+    return conv.weight.detach().abs().flatten(1).sum(dim=1)
+
+
+def remove_filters(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+    """A smaller copy of a CNN whose ``features`` (conv → batch norm → … → conv) and ``classifier`` (flatten →
+    Linear) are ``nn.Sequential``, keeping only the output channels listed in ``keep[conv_name]``.
+
+    Each pruned convolution is rebuilt with fewer filters, its batch norm with fewer channels, and the next
+    convolution (or the first Linear after the features) with fewer inputs: the network really shrinks.
+    """
+    if not hasattr(model, "features") or not hasattr(model, "classifier"):
+        raise TypeError("remove_filters needs a model with `features` and `classifier` nn.Sequential blocks "
+                        "(like the course CNN)")
+    pruned = copy.deepcopy(model)
+    features = pruned.features
+    convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
+    names = {f"features.{i}": i for i in convs}
+    unknown = sorted(set(keep) - set(names))
+    if unknown:
+        raise ValueError(f"not convolutions of features: {unknown}; choose from {sorted(names)}")
+    for name, channels in keep.items():
+        index = names[name]
+        conv = features[index]
+        channels = torch.as_tensor(channels, dtype=torch.long).unique()
+        if len(channels) == 0:
+            raise ValueError(f"cannot remove every channel of {name}: keep at least one")
+        if int(channels.min()) < 0 or int(channels.max()) >= conv.out_channels:
+            raise ValueError(f"channel indices for {name} must be in [0, {conv.out_channels})")
+        features[index] = _select_conv(conv, out_channels=channels)
+        following = features[index + 1] if index + 1 < len(features) else None
+        if isinstance(following, nn.BatchNorm2d):
+            features[index + 1] = _select_batch_norm(following, channels)
+        later = [i for i in convs if i > index]
+        if later:
+            features[later[0]] = _select_conv(features[later[0]], in_channels=channels)
+        else:
+            linear_index, linear = next((i, m) for i, m in enumerate(pruned.classifier) if isinstance(m, nn.Linear))
+            pruned.classifier[linear_index] = _select_linear_inputs(linear, channels, conv.out_channels)
+    return pruned
+
+
+def _select_conv(conv: nn.Conv2d, out_channels: torch.Tensor | None = None,
+                 in_channels: torch.Tensor | None = None) -> nn.Conv2d:
+    weight = conv.weight.detach()
+    bias = None if conv.bias is None else conv.bias.detach()
+    if out_channels is not None:
+        weight, bias = weight[out_channels], None if bias is None else bias[out_channels]
+    if in_channels is not None:
+        weight = weight[:, in_channels]
+    new = nn.Conv2d(weight.shape[1], weight.shape[0], conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    bias=bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new
+
+
+def _select_batch_norm(bn: nn.BatchNorm2d, channels: torch.Tensor) -> nn.BatchNorm2d:
+    new = nn.BatchNorm2d(len(channels), eps=bn.eps, momentum=bn.momentum)
+    with torch.no_grad():
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            getattr(new, attr).copy_(getattr(bn, attr)[channels])
+    return new
+
+
+def _select_linear_inputs(linear: nn.Linear, channels: torch.Tensor, total_channels: int) -> nn.Linear:
+    """Keep the inputs of a Linear that reads flattened ``[channels, h, w]`` maps from the kept channels only."""
+    per_channel = linear.in_features // total_channels
+    columns = (channels.unsqueeze(1) * per_channel + torch.arange(per_channel)).flatten()
+    new = nn.Linear(len(columns), linear.out_features, bias=linear.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(linear.weight[:, columns])
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias)
+    return new
+
+
+def save_sparse(model: nn.Module, path: str | os.PathLike) -> int:
+    """Save a pruned model with each Linear/Conv2d weight in CSR form (values, column indices as uint16 where
+    they fit, row pointers as int32) and everything else dense, as safetensors; return the file's bytes."""
+    tensors: dict[str, torch.Tensor] = {}
+    layers = prunable_layers(model)
+    for name, layer in layers.items():
+        csr = _weight(layer).flatten(1).to_sparse_csr()
+        columns = csr.col_indices()
+        index_dtype = torch.uint16 if csr.shape[1] <= 65536 else torch.int32
+        tensors[f"{name}.weight.values"] = csr.values().contiguous()
+        tensors[f"{name}.weight.columns"] = columns.to(index_dtype).contiguous()
+        tensors[f"{name}.weight.row_pointers"] = csr.crow_indices().to(torch.int32).contiguous()
+        tensors[f"{name}.weight.shape"] = torch.tensor(layer.weight.shape, dtype=torch.int32)
+    for key, value in model.state_dict().items():
+        owner = key.rsplit(".", 1)[0]
+        if owner in layers and key.rsplit(".", 1)[1] in ("weight", "weight_orig", "weight_mask"):
+            continue
+        tensors[key] = value.contiguous()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    return Path(path).stat().st_size
+
+
+def load_sparse(path: str | os.PathLike, skeleton: nn.Module) -> nn.Module:
+    """Rebuild a model saved by :func:`save_sparse` into ``skeleton`` (an unpruned model of the same shape)."""
+    tensors = load_file(str(path))
+    state = {}
+    for name in prunable_layers(skeleton):
+        shape = tuple(tensors.pop(f"{name}.weight.shape").tolist())
+        rows = tensors.pop(f"{name}.weight.row_pointers").long()
+        columns = tensors.pop(f"{name}.weight.columns").long()
+        values = tensors.pop(f"{name}.weight.values")
+        dense = torch.sparse_csr_tensor(rows, columns, values, size=(shape[0], math.prod(shape[1:])),
+                                        check_invariants=True).to_dense()
+        state[f"{name}.weight"] = dense.reshape(shape)
+    state.update(tensors)
+    skeleton.load_state_dict(state, strict=True)
+    return skeleton.eval()

@@ -1,0 +1,128 @@
+"""course_lib.prune: masks, schedules, saliency, structured removal that really shrinks, sparse storage."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from course_lib import prune as P
+from course_lib.models import build_model
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, True, "0.5"])
+def test_sparsity_outside_0_1_is_refused(bad):
+    with pytest.raises(ValueError, match=r"sparsity must be a fraction in \[0, 1\)"):
+        P.magnitude_masks(build_model("lenet_300_100"), bad)
+
+
+def test_unsupported_layers_and_names_get_clear_errors():
+    with pytest.raises(TypeError, match="only Linear and Conv2d"):
+        P.prunable_layers(build_model("course_cnn"), ["features.1"])
+    with pytest.raises(ValueError, match="no layer 'fc9'"):
+        P.prunable_layers(build_model("lenet_300_100"), ["fc9"])
+    with pytest.raises(ValueError, match="no Linear or Conv2d"):
+        P.prunable_layers(nn.Sequential(nn.ReLU()))
+
+
+@settings(max_examples=30, deadline=None)
+@given(sparsity=st.floats(0.0, 0.99), scope=st.sampled_from(["global", "layer"]))
+def test_magnitude_masks_remove_the_requested_fraction_of_smallest_weights(sparsity, scope):
+    torch.manual_seed(0)
+    model = build_model("lenet_300_100")
+    masks = P.magnitude_masks(model, sparsity, scope)
+    removed = sum(int((m == 0).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert abs(removed - sparsity) < 1e-3
+    kept_min = min(model.get_submodule(n).weight.abs()[m == 1].min() for n, m in masks.items() if m.any())
+    if scope == "global" and any((m == 0).any() for m in masks.values()):
+        dropped_max = max(model.get_submodule(n).weight.abs()[m == 0].max() for n, m in masks.items()
+                          if (m == 0).any())
+        assert dropped_max <= kept_min
+
+
+def test_masks_survive_training_and_become_permanent():
+    model = build_model("lenet_300_100")
+    P.apply_masks(model, P.magnitude_masks(model, 0.8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    nn.functional.cross_entropy(model(torch.randn(8, 1, 28, 28)), torch.randint(0, 10, (8,))).backward()
+    opt.step()
+    assert abs(P.sparsity_of(model) - 0.8) < 1e-3
+    P.make_permanent(model)
+    assert type(model.fc1.weight) is nn.Parameter and abs(P.sparsity_of(model) - 0.8) < 1e-3
+
+
+def test_cubic_schedule():
+    assert P.cubic_schedule(0, 10, 0.9) == 0.0 and P.cubic_schedule(10, 10, 0.9) == pytest.approx(0.9)
+    values = [P.cubic_schedule(t, 10, 0.9) for t in range(11)]
+    steps = [b - a for a, b in zip(values, values[1:])]
+    assert all(s > 0 for s in steps) and steps == sorted(steps, reverse=True), "fast first, then slow"
+    with pytest.raises(ValueError, match="step"):
+        P.cubic_schedule(11, 10, 0.9)
+
+
+@pytest.mark.parametrize("granularity,group_shape", [("filter", (1, 4, 3, 3)), ("kernel", (1, 1, 3, 3)),
+                                                    ("vector", (1, 1, 1, 3))])
+def test_structured_masks_remove_whole_groups(granularity, group_shape):
+    conv = nn.Conv2d(4, 8, 3)
+    model = nn.Sequential(conv)
+    mask = P.structured_masks(model, 0.5, granularity)["0"]
+    blocks = mask.reshape(8 // group_shape[0], group_shape[0], 4 // group_shape[1], group_shape[1],
+                            3 // group_shape[2], group_shape[2], 3 // group_shape[3], group_shape[3])
+    per_group = blocks.amin(dim=(1, 3, 5, 7)) == blocks.amax(dim=(1, 3, 5, 7))
+    assert bool(per_group.all()) and abs(float((mask == 0).float().mean()) - 0.5) < 0.2
+    with pytest.raises(ValueError, match="kernel granularity needs a convolution"):
+        P.structured_masks(nn.Sequential(nn.Linear(4, 4)), 0.5, "kernel")
+
+
+def test_hutchinson_estimates_a_known_hessian_diagonal():
+    layer = nn.Linear(3, 1, bias=False)
+    x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    # loss = mean over the batch of (w.x)^2 / 2: its Hessian is x^T x / 3 = diag(1, 4, 9) / 3
+    diagonal = P.hutchinson_hessian_diagonal(nn.Sequential(layer), lambda out, _: out.pow(2).mean() / 2,
+                                             [(x, None)], samples=4)["0"]
+    assert torch.allclose(diagonal, torch.tensor([[1.0, 4.0, 9.0]]) / 3, atol=1e-5)
+    saliency = P.obd_saliency(nn.Sequential(layer), {"0": diagonal})["0"]
+    assert torch.allclose(saliency, 0.5 * diagonal * layer.weight.detach() ** 2)
+    with pytest.raises(ValueError, match="no batch"):
+        P.hutchinson_hessian_diagonal(nn.Sequential(layer), lambda o, _: o.sum(), [])
+
+
+def test_removing_a_channel_whose_output_is_zero_leaves_the_network_unchanged():
+    torch.manual_seed(0)
+    model = build_model("course_cnn").eval()
+    bn = model.features[1]
+    with torch.no_grad():  # make channel 5 of the first block output exactly zero after batch norm and ReLU
+        bn.weight[5], bn.bias[5] = 0.0, -1.0
+    keep = {"features.0": torch.tensor([c for c in range(32) if c != 5])}
+    smaller = P.remove_filters(model, keep).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(model(x), smaller(x), atol=1e-5)
+    assert smaller.features[0].out_channels == 31 and smaller.features[3].in_channels == 31
+
+
+def test_removing_filters_of_the_last_conv_shrinks_the_classifier_and_keeps_kept_channels():
+    model = build_model("course_cnn").eval()
+    kept = torch.arange(0, 128, 2)
+    smaller = P.remove_filters(model, {"features.17": kept}).eval()
+    assert smaller.classifier[1].in_features == 64 * 9
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(model.features(x)[:, kept], smaller.features(x), atol=1e-5)
+    with pytest.raises(ValueError, match="cannot remove every channel"):
+        P.remove_filters(model, {"features.0": []})
+    with pytest.raises(ValueError, match="not convolutions"):
+        P.remove_filters(model, {"features.1": [0]})
+
+
+def test_sparse_file_roundtrips_and_counts_its_indices(tmp_path):
+    model = build_model("lenet_300_100")
+    P.apply_masks(model, P.magnitude_masks(model, 0.9))
+    size = P.save_sparse(model, tmp_path / "sparse.safetensors")
+    weights = sum(m.weight.numel() for m in P.prunable_layers(model).values())
+    kept = int(weights * 0.1)
+    assert kept * (4 + 2) < size < kept * (4 + 2) + 16_000  # values + uint16 columns, plus rows, biases, header
+    reloaded = P.load_sparse(tmp_path / "sparse.safetensors", build_model("lenet_300_100"))
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), model(x))
