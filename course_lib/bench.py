@@ -25,13 +25,15 @@ from torch import nn
 
 from course_lib.data import Dataset, load_fashion_mnist, load_lee_background, load_lee_corpus
 from course_lib.dataflow import measure_machine
-from course_lib.measure import LatencyStats, compare_latency, save_state_dict, serialized_bytes
+from course_lib.measure import LatencyStats, compare_latency, count_parameters, save_state_dict, serialized_bytes
 from course_lib.minilm import MiniLM, embed, lee_correlation, load_minilm, tokenize
 from course_lib.models import build_model, load_reference
+from course_lib.prune import (l1_filter_selection, load_sparse, make_permanent, prune_and_retrain, remove_filters,
+                              save_sparse, sparsity_of)
 from course_lib.quantize import (compile_for_cpu, linear_input_absmax, load_dynamic_int8, load_int8, quantize_dynamic,
                                  quantize_static, save_dynamic_int8, save_int8)
 from course_lib.runtime import Runtime, setup
-from course_lib.train import evaluate
+from course_lib.train import evaluate, fine_tune
 
 TOPICS = ("baseline", "dataflow", "quantization", "pruning", "sharing", "distillation", "decomposition",
           "memory", "pipeline")
@@ -63,6 +65,7 @@ class Row:
     latency_p90_ms: float
     cpu_capability: str
     torch_version: str
+    kept_fraction: float | None = None  # pruning: fraction of the weights left
 
 
 def make_row(rt: Runtime, topic: str, model: str, variant: str, batch_size: int, metric_name: str,
@@ -244,8 +247,53 @@ def quantization(rt: Runtime) -> list[Row]:
                 + [_dynamic_int8_minilm_row(rt, Path(folder))])
 
 
+PRUNING_SCHEDULE = ((0.5, 2), (0.75, 2), (0.9, 8))  # (sparsity, retraining epochs) per round
+PRUNING_TRAINING = dict(lr=0.02, optimizer="sgd", weight_decay=1e-4, progress=False)
+FILTER_KEEP_FRACTION, FILTER_FINE_TUNE_EPOCHS = 0.5, 3
+
+
+def _magnitude_pruned_row(rt: Runtime, folder: Path) -> Row:
+    """LeNet-300-100 pruned by magnitude to 90% in three rounds with retraining, stored as CSR and reloaded."""
+    dense, dense_size = _write_and_reload(load_reference("lenet_300_100"), lambda: build_model("lenet_300_100"),
+                                          folder, "lenet_300_100", rt.device)
+    model = load_reference("lenet_300_100", rt.device)
+    sparsities, epochs = zip(*PRUNING_SCHEDULE, strict=True)
+    prune_and_retrain(model, sparsities, epochs, device=rt.device, **PRUNING_TRAINING)
+    size = save_sparse(make_permanent(model), folder / "lenet_300_100-sparse.safetensors")
+    reloaded = load_sparse(folder / "lenet_300_100-sparse.safetensors", build_model("lenet_300_100")).to(rt.device)
+    x = load_fashion_mnist("test").images[:64].to(rt.device)
+    latency = compare_latency({"dense": dense, "pruned": reloaded}, (x,), rounds=30)
+    row = make_row(rt, "pruning", "lenet_300_100", "magnitude-retrained", 64, "accuracy",
+                   evaluate(reloaded, device=rt.device), evaluate(dense, device=rt.device), size, dense_size,
+                   latency["pruned"], latency["dense"])
+    return dataclasses.replace(row, kept_fraction=round(1 - sparsity_of(reloaded), 4))
+
+
+def _filter_pruned_row(rt: Runtime, folder: Path) -> Row:
+    """Course CNN with half of every convolution's filters (smallest L1) removed, fine-tuned, saved, reloaded."""
+    dense, dense_size = _write_and_reload(load_reference("course_cnn"), lambda: build_model("course_cnn"), folder,
+                                          "course_cnn", rt.device)
+    selection = l1_filter_selection(dense, FILTER_KEEP_FRACTION)
+    small = remove_filters(load_reference("course_cnn"), selection)
+    fine_tune(small, epochs=FILTER_FINE_TUNE_EPOCHS, augment=True, device=rt.device, evaluate_every_epoch=False,
+              **PRUNING_TRAINING)
+    small, size = _write_and_reload(small, lambda: remove_filters(build_model("course_cnn"), selection), folder,
+                                    "course_cnn-filter-pruned", rt.device)
+    x = load_fashion_mnist("test").images[:64].to(rt.device)
+    latency = compare_latency({"dense": dense, "pruned": small}, (x,), rounds=15)
+    row = make_row(rt, "pruning", "course_cnn", "filter-pruned", 64, "accuracy", evaluate(small, device=rt.device),
+                   evaluate(dense, device=rt.device), size, dense_size, latency["pruned"], latency["dense"])
+    return dataclasses.replace(row, kept_fraction=round(count_parameters(small) / count_parameters(dense), 4))
+
+
+def pruning(rt: Runtime) -> list[Row]:
+    """Magnitude pruning with retraining of LeNet-300-100 (sparse file) and real filter pruning of the course CNN."""
+    with tempfile.TemporaryDirectory() as folder:
+        return [_magnitude_pruned_row(rt, Path(folder)), _filter_pruned_row(rt, Path(folder))]
+
+
 IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline, "dataflow": dataflow,
-                                                         "quantization": quantization}
+                                                         "quantization": quantization, "pruning": pruning}
 
 
 def format_table(rows: list[Row]) -> str:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from .io import atomic_path
+from .train import evaluate, fine_tune
 
 Scope = Literal["global", "layer"]
 Granularity = Literal["connection", "vector", "kernel", "filter"]
@@ -323,3 +324,27 @@ def load_sparse(path: str | os.PathLike, skeleton: nn.Module) -> nn.Module:
     state.update(tensors)
     skeleton.load_state_dict(state, strict=True)
     return skeleton.eval()
+
+
+def l1_filter_selection(model: nn.Module, keep_fraction: float) -> dict[str, torch.Tensor]:
+    """For every convolution of ``model.features``: the indices of its ``keep_fraction`` largest-L1 filters."""
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}: at least one filter must stay")
+    selection = {}
+    for index, layer in enumerate(model.features):
+        if isinstance(layer, nn.Conv2d):
+            count = max(1, int(round(layer.out_channels * keep_fraction)))
+            selection[f"features.{index}"] = filter_l1_norms(layer).topk(count).indices.sort().values
+    return selection
+
+
+def prune_and_retrain(model: nn.Module, sparsities: Iterable[float], epochs_per_round: Iterable[int],
+                      scope: Scope = "global", **train_kwargs) -> list[float]:
+    """Han et al.'s iterative pruning: for each target sparsity, prune by magnitude, then retrain with the mask
+    held (``course_lib.train.fine_tune`` keyword arguments); returns the test accuracy after each round."""
+    accuracies = []
+    for sparsity, epochs in zip(sparsities, epochs_per_round, strict=True):
+        apply_masks(model, magnitude_masks(model, sparsity, scope))
+        fine_tune(model, epochs=epochs, evaluate_every_epoch=False, **train_kwargs)
+        accuracies.append(evaluate(model))
+    return accuracies

@@ -93,3 +93,16 @@ def test_quantization_cli_rows():
     minilm = by_key[("minilm", "int8-dynamic", 32)]
     assert minilm["metric_name"] == "cosine_to_fp32" and minilm["metric"] >= 0.99 and minilm["baseline_metric"] == 1.0
     assert all(r["cpu_capability"] and r["latency_ms"] > 0 for r in rows)
+
+
+def test_pruning_cli_rows():
+    """Real retraining and fine-tuning (about 3 minutes): accuracies and file sizes are checked, timings reported."""
+    result = subprocess.run([sys.executable, "-m", "course_lib.bench", "pruning", "--json"],
+                            capture_output=True, text=True, check=True)
+    lenet, cnn = json.loads(result.stdout)
+    assert (lenet["model"], lenet["variant"]) == ("lenet_300_100", "magnitude-retrained")
+    assert lenet["kept_fraction"] <= 0.10 + 1e-4 and lenet["metric"] >= lenet["baseline_metric"] - 0.005
+    assert lenet["compression"] > 5, "CSR values + uint16 indices of 10% of the weights"
+    assert (cnn["model"], cnn["variant"], cnn["batch_size"]) == ("course_cnn", "filter-pruned", 64)
+    assert cnn["metric"] >= cnn["baseline_metric"] - 0.01 and cnn["kept_fraction"] < 0.5
+    assert abs(cnn["compression"] * cnn["kept_fraction"] - 1) < 0.05, "the file shrinks with the parameters"

@@ -126,3 +126,13 @@ def test_sparse_file_roundtrips_and_counts_its_indices(tmp_path):
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(reloaded(x), model(x))
+
+
+def test_l1_filter_selection_keeps_the_largest_filters():
+    model = build_model("course_cnn")
+    selection = P.l1_filter_selection(model, 0.25)
+    assert len(selection["features.0"]) == 8 and len(selection["features.17"]) == 32
+    norms = P.filter_l1_norms(model.features[0])
+    assert norms[selection["features.0"]].min() >= norms.sort(descending=True).values[7]
+    with pytest.raises(ValueError, match="keep_fraction"):
+        P.l1_filter_selection(model, 0.0)
