@@ -162,7 +162,7 @@ def calibrate_range(x: torch.Tensor, method: Calibration = "minmax", bits: int =
     if method == "percentile":
         if not 50.0 < percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {percentile}")
-        sample = flat[:, :: max(1, flat.shape[1] // 1_000_000)]  # torch.quantile is limited to 16M values
+        sample = flat[:, :: max(1, flat.numel() // 8_000_000)]  # torch.quantile takes at most 16M values
         low = torch.quantile(sample, 1 - percentile / 100, dim=1)
         high = torch.quantile(sample, percentile / 100, dim=1)
     elif method == "mse":
@@ -249,7 +249,8 @@ def integer_linear(x_q: torch.Tensor, x_qp: QParams, w_q: torch.Tensor, w_qp: QP
                    bias: torch.Tensor | None, out_qp: QParams) -> torch.Tensor:
     """``x @ w.T + bias`` computed with integers only, as an int8 accelerator does.
 
-    Products of ``(x_q - zx)`` and ``(w_q - zw)`` accumulate in int32; the bias is added as int32 at scale
+    Products of ``(x_q - zx)`` and ``(w_q - zw)`` are summed exactly (int64 here; int8 hardware uses int32,
+    enough for ~130,000 products of 8-bit codes); the bias is added as an integer at scale
     ``sx * sw``; the result is requantized to ``out_qp`` with a fixed-point multiplier (an integer and a right
     shift, Jacob et al. 2018). ``w_qp`` may be per-tensor or per output channel (axis 0).
     """
@@ -364,6 +365,8 @@ def compile_for_cpu(model: Callable) -> Callable:
     """``torch.compile`` with inductor freezing (weights become constants, int8 kernels get prepacked)."""
     import torch._inductor.config as inductor_config
 
+    # Process-wide: `options={"freezing": True}` does not reach the int8 prepacking pass (it then fails on
+    # onednn.qconv_prepack). Freezing only changes graphs compiled without gradients, i.e. for inference.
     inductor_config.freezing = True
     return torch.compile(model, dynamic=False)
 
@@ -540,10 +543,12 @@ def linear_input_absmax(model: nn.Module, run: Callable[[], object]) -> dict[str
     return stats
 
 
-def quantize_dynamic(model: nn.Module, per_channel: bool = True, reduce_range: bool = False,
+def quantize_dynamic(model: nn.Module, per_channel: bool = False, reduce_range: bool = True,
                      smooth_alpha: float | None = None, absmax: dict[str, torch.Tensor] | None = None,
                      names: Sequence[str] | None = None, smooth_names: Sequence[str] | None = None) -> nn.Module:
     """A copy of ``model`` with its Linear layers (or those in ``names``) as :class:`DynamicInt8Linear`.
+
+    The defaults are PyTorch's (``torch.ao.quantization.quantize_dynamic``): per-tensor weights, 7-bit activations.
 
     With ``smooth_alpha``, ``absmax`` (from :func:`linear_input_absmax`) gives the SmoothQuant factors, for every
     quantized layer or only those in ``smooth_names`` (each smoothed layer costs an extra multiply of its input).

@@ -26,7 +26,7 @@ def test_affine_qparams(capsys):
     (lambda lo, hi, b: ((hi - lo) / 2 ** b, round(-lo / ((hi - lo) / 2 ** b))), "2\\^b - 1 steps"),
     (lambda lo, hi, b: ((hi - lo) / (2 ** b - 1), -lo / ((hi - lo) / (2 ** b - 1))), "must be an integer"),
     (lambda lo, hi, b: ((hi - lo) / (2 ** b - 1), round(lo / ((hi - lo) / (2 ** b - 1)))), "opposite sign"),
-    (lambda lo, hi, b: ((hi - lo) / (2 ** b - 1), round(-lo / ((hi - lo) / (2 ** b - 1)))), "include 0"),
+    (lambda lo, hi, b: ((hi - lo) / (2 ** b - 1), round(-lo / ((hi - lo) / (2 ** b - 1)))), "must contain 0"),
     (lambda lo, hi, b: (1.0,), "return scale, zero_point"),
 ])
 def test_affine_qparams_rejects_typical_mistakes(wrong, hint):
@@ -47,7 +47,7 @@ def test_fake_quant(capsys):
     (lambda x, s, z, b: (torch.round(x / s) + z - z) * s, "saturate"),
     (lambda x, s, z, b: (torch.clamp(torch.floor(x / s) + z, 0, 2 ** b - 1) - z) * s, "nearest code"),
     (lambda x, s, z, b: torch.clamp(torch.round(x / s) + z, 0, 2 ** b - 1) * s, "subtracts the zero-point"),
-    (lambda x, s, z, b: torch.clamp(torch.round(x / s) + z, 0, 2 ** b - 1), "q = clamp"),
+    (lambda x, s, z, b: torch.clamp(torch.round(x / s) + z, 0, 2 ** b - 1), "integer codes"),
     (lambda x, s, z, b: fake_quant(x, s, z, b).sum(), "elementwise"),
 ])
 def test_fake_quant_rejects_typical_mistakes(wrong, hint):
@@ -108,7 +108,7 @@ def test_pt2e_model_rejects_eager_unconverted_and_uncalibrated(lenet5_and_data):
     with pytest.raises(ExerciseError, match="quantize/dequantize ops"):
         check.check_pt2e_model(exported, model, images[:2], labels[:2])
     badly_calibrated = Q.quantize_static(model, torch.zeros(4, 1, 28, 28))
-    with pytest.raises(ExerciseError, match="calibrate on real training images"):
+    with pytest.raises(ExerciseError, match="real training images"):
         check.check_pt2e_model(badly_calibrated, model, images, labels)
 
 
@@ -127,7 +127,8 @@ def tiny_minilm():
 
 def test_int8_minilm(tiny_minilm, capsys):
     model, embed, reference = tiny_minilm
-    assert check.check_int8_minilm(Q.quantize_dynamic(model), reference, embed) > 0.99
+    assert check.check_int8_minilm(Q.quantize_dynamic(model, per_channel=True, reduce_range=False), reference,
+                                   embed) > 0.99
     assert "Exercise 2.6 passed: all 12 Linear layers" in capsys.readouterr().out
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from course_lib.exercises import call_answer, diagnose, fail, passed, require_number
+from course_lib.exercises import ExerciseError, call_answer, diagnose, fail, passed, require_number
 from course_lib.quantize import DynamicInt8Linear, qparams_from_range
 
 
@@ -36,17 +36,19 @@ def check_affine_qparams(affine_qparams: Callable[[float, float, int], tuple[flo
             hint = diagnose(scale, {
                 (high - low) / 2 ** bits: "a b-bit grid has 2^b - 1 steps between its 2^b levels.",
                 (high - low) / (2 ** (bits - 1) - 1): "the affine grid is unsigned: 0 ... 2^b - 1.",
-            }, rel_tol=1e-5, default="first widen the range to include 0 (low = min(low, 0), high = max(high, 0)),"
-                                     " then scale = (high - low) / (2^b - 1).")
+            }, rel_tol=1e-5, default="the range must contain 0 (widen it if needed); the scale is the width of one of "
+                                     "the grid's steps.")
             fail("2.1", f"scale {expected_scale:.6g} for {case}", f"{scale:.6g}", hint)
+        if isinstance(zero_point, float) and zero_point == expected_zp:
+            fail("2.1", f"zero_point {expected_zp} as a Python int", repr(zero_point),
+                 "integer codes are ints: return int(...) of the rounded value.")
         if not isinstance(zero_point, int) or zero_point != expected_zp:
             hint = diagnose(float(zero_point), {
                 low / expected_scale: "the zero-point has the opposite sign: it is the code that 0.0 maps to.",
                 float(round(low / expected_scale)): "the zero-point has the opposite sign: it is the code that 0.0 "
                                                     "maps to.",
                 -low / expected_scale: "the zero-point must be an integer: round it.",
-            }, rel_tol=1e-5, default="zero_point = round(-low / scale), an int in [0, 2^b - 1], so that 0.0 is "
-                                     "exactly representable.")
+            }, rel_tol=1e-5, default="the zero-point is the integer code that 0.0 maps to (low maps to code 0).")
             fail("2.1", f"zero_point {expected_zp} (an int) for {case}", repr(zero_point), hint)
     passed("2.1", "scale and zero-point are right, including ranges that do not contain 0")
 
@@ -67,15 +69,17 @@ def check_fake_quant(fake_quant: Callable[[torch.Tensor, float, int, int], torch
             "unclamped": (q - zero_point) * scale,
             "floored": (torch.clamp(torch.floor(x / scale) + zero_point, 0, 2 ** bits - 1) - zero_point) * scale,
             "no zero-point on the way back": torch.clamp(q, 0, 2 ** bits - 1) * scale,
+            "codes": torch.clamp(q, 0, 2 ** bits - 1),
         }
         hints = {
             "unclamped": "values outside the range must saturate: clamp the codes to [0, 2^b - 1] before "
                          "dequantizing (this is the clipping error).",
             "floored": "round to the nearest code (torch.round), not down: flooring doubles the error.",
             "no zero-point on the way back": "dequantize subtracts the zero-point: (q - zero_point) * scale.",
+            "codes": "these are the integer codes: map them back to floats (dequantize).",
         }
         hint = next((hints[k] for k, v in typical.items() if torch.allclose(got, v, atol=1e-6)),
-                    "q = clamp(round(x / scale) + zero_point, 0, 2^b - 1); return (q - zero_point) * scale.")
+                    "follow the two formulas above the exercise: quantize (round, shift, clamp), then dequantize.")
         worst = (got - expected).abs().argmax()
         fail("2.2", f"{expected[worst].item():.4f} for x = {x[worst].item():.4f} (scale {scale}, zero-point "
                     f"{zero_point}, {bits} bits)", f"{got[worst].item():.4f}", hint)
@@ -103,7 +107,7 @@ def check_per_channel_scales(per_channel_scales: Callable[[torch.Tensor, int], t
         elif torch.allclose(got, w.flatten(1).amax(dim=1) / (2 ** (bits - 1) - 1), rtol=1e-5):
             hint = "use the largest magnitude |w|, not the largest value: negative weights count too."
         else:
-            hint = "scale_c = max over the channel's weights of |w| / (2^(b-1) - 1); w.abs().flatten(1).amax(dim=1)."
+            hint = "each channel's scale maps its largest |w| to the top code 2^(b-1) - 1."
         fail("2.3", f"scales of shape ({shape[0]},) for a weight of shape {shape} at {bits} bits",
              f"shape {tuple(got.shape)}, first values {got.flatten()[:3].tolist()}", hint)
     passed("2.3", "per-channel scales are right for conv and linear weights")
@@ -149,7 +153,7 @@ def check_pt2e_model(converted: object, fp32_model: nn.Module, images: torch.Ten
     """Exercise 2.5: a converted PT2E model: int8 quantize ops in its graph, accuracy close to fp32."""
     if not isinstance(converted, torch.fx.GraphModule):
         fail("2.5", "the torch.fx.GraphModule returned by convert_pt2e", type(converted).__name__,
-             "export with torch.export.export(model, (example,)).module(), then prepare_pt2e, calibrate, convert_pt2e.")
+             "export the model (torch.export.export(...).module()), then prepare_pt2e, calibrate, convert_pt2e.")
     if any("observer" in type(m).__name__.lower() for m in converted.modules()):
         fail("2.5", "a converted model", "a model that still holds observers",
              "after calibrating, call convert_pt2e(prepared): it replaces the observers by quantize/dequantize ops.")
@@ -158,13 +162,20 @@ def check_pt2e_model(converted: object, fp32_model: nn.Module, images: torch.Ten
         fail("2.5", "quantize/dequantize ops in the graph", "none",
              "prepare_pt2e(exported, quantizer) with the X86InductorQuantizer set to its default global config.")
     with torch.no_grad():
-        accuracy = (converted(images).argmax(1) == labels).float().mean().item()
+        try:
+            accuracy = (converted(images).argmax(1) == labels).float().mean().item()
+        except Exception as error:  # typically a batch size fixed at export
+            raise ExerciseError(f"Exercise 2.5: running the converted model on {len(images)} images raised "
+                                f"{type(error).__name__}: {str(error)[:200]}\nHint: export with a dynamic batch "
+                                "dimension (dynamic_shapes=({0: torch.export.Dim('batch', ...)},)) so that any batch "
+                                "size works.") from error
         reference = (fp32_model(images).argmax(1) == labels).float().mean().item()
     if accuracy < reference - 0.02:
         fail("2.5", f"accuracy within 2 points of fp32 ({reference:.2%}) on {len(images)} test images",
-             f"{accuracy:.2%}", "calibrate on real training images (a few hundred) with the prepared model in eval "
-                                "mode before convert_pt2e; uncalibrated observers give useless scales.")
-    passed("2.5", f"{count} quantize ops in the graph, {accuracy:.2%} vs fp32 {reference:.2%} on {len(images)} images")
+             f"{accuracy:.2%}", "export the model in eval mode, then run a few hundred real training images through "
+                                "the prepared model before convert_pt2e: observers that saw no real data give "
+                                "useless scales.")
+    passed("2.5", f"{count} quantize/dequantize ops in the graph, {accuracy:.2%} vs fp32 {reference:.2%} on {len(images)} images")
 
 
 def check_int8_minilm(model: object, reference_embeddings: torch.Tensor,
@@ -173,8 +184,8 @@ def check_int8_minilm(model: object, reference_embeddings: torch.Tensor,
     if not isinstance(model, nn.Module):
         fail("2.6", "a MiniLM model (nn.Module)", type(model).__name__, "return the quantized copy of the model.")
     float_linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    int8_count = sum(isinstance(m, DynamicInt8Linear) or type(m).__module__.startswith("torch.ao.nn.quantized")
-                     for m in model.modules())
+    int8_count = sum(isinstance(m, DynamicInt8Linear) or type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")
+                     and type(m).__name__ == "Linear" for m in model.modules())
     if float_linears:
         fail("2.6", "all 36 Linear layers in int8", f"{len(float_linears)} still float (e.g. {float_linears[0]})",
              "quantize every Linear; make the sensitive ones accurate instead of leaving them in float.")
