@@ -174,24 +174,30 @@ SMOOTHQUANT_ALPHA = 0.7
 SMOOTHED_LAYERS = tuple(f"layers.{i}.ffn.{kind}" for i in range(6) for kind in ("intermediate", "output"))
 
 
-def _static_int8_rows(rt: Runtime, name: str, folder: Path, batch_sizes: tuple[int, ...]) -> list[Row]:
-    """fp32 eager, fp32 compiled and PT2E static int8 (saved as .pt2, reloaded, compiled), timed alternately."""
+def _static_int8_rows(rt: Runtime, name: str, folder: Path, batch_sizes: tuple[int, ...],
+                      with_compiled_fp32: bool = True) -> list[Row]:
+    """PT2E static int8 (saved as .pt2, reloaded, compiled) against fp32 eager (the baseline) and, optionally,
+    fp32 compiled, timed in alternating rounds; one row per variant and batch size."""
     fp32, fp32_size = _write_and_reload(load_reference(name), lambda: build_model(name), folder, name, rt.device)
     calibration = load_fashion_mnist("train").images[:CALIBRATION_IMAGES]
     int8_path = folder / f"{name}-int8.pt2"
     int8_size = save_int8(quantize_static(fp32, calibration), calibration, int8_path)
-    int8, fp32_compiled = compile_for_cpu(load_int8(int8_path)), compile_for_cpu(fp32)
+    candidates = {"fp32": fp32, "int8-static": compile_for_cpu(load_int8(int8_path))}
+    if with_compiled_fp32:
+        candidates["fp32-compiled"] = compile_for_cpu(fp32)
     test = load_fashion_mnist("test")
     accuracy = evaluate(fp32, test)
-    int8_accuracy = evaluate(int8, test, batch_size=max(batch_sizes), fixed_batch=True)
+    int8_accuracy = evaluate(candidates["int8-static"], test, batch_size=max(batch_sizes), fixed_batch=True)
+    measured = {"fp32": (fp32_size, accuracy), "fp32-compiled": (fp32_size, accuracy),
+                "int8-static": (int8_size, int8_accuracy)}
     rows = []
     for batch in batch_sizes:
-        latency = compare_latency({"fp32": fp32, "fp32-compiled": fp32_compiled, "int8-static": int8},
-                                  (test.images[:batch],), rounds=30 if batch == 1 else 15, warmup=3)
-        for variant, size, metric in [("fp32", fp32_size, accuracy), ("fp32-compiled", fp32_size, accuracy),
-                                      ("int8-static", int8_size, int8_accuracy)]:
-            rows.append(make_row(rt, "quantization", name, variant, batch, "accuracy", metric, accuracy, size,
-                                 fp32_size, latency[variant], latency["fp32"]))
+        latency = compare_latency(candidates, (test.images[:batch],), rounds=30 if batch == 1 else 15, warmup=3)
+        for variant in ("fp32", "fp32-compiled", "int8-static"):
+            if variant in candidates:
+                size, metric = measured[variant]
+                rows.append(make_row(rt, "quantization", name, variant, batch, "accuracy", metric, accuracy, size,
+                                     fp32_size, latency[variant], latency["fp32"]))
     return rows
 
 
@@ -243,7 +249,8 @@ def quantization(rt: Runtime) -> list[Row]:
         if rt.device.type == "cuda":
             return _half_precision_rows(rt, Path(folder))
         return (_static_int8_rows(rt, "course_cnn", Path(folder), (64, 1))
-                + [r for r in _static_int8_rows(rt, "lenet5", Path(folder), (64,)) if r.variant == "int8-static"]
+                + [r for r in _static_int8_rows(rt, "lenet5", Path(folder), (64,), with_compiled_fp32=False)
+                   if r.variant == "int8-static"]
                 + [_dynamic_int8_minilm_row(rt, Path(folder))])
 
 

@@ -38,14 +38,15 @@ def check_sparsity(sparsity: float) -> float:
 
 def prunable_layers(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
     """The Linear and Conv2d layers of ``model`` (or those named), by name; a clear error for other layers."""
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    modules = dict(model.named_modules())
+    layers = {n: m for n, m in modules.items() if isinstance(m, PRUNABLE)}
     if names is None:
         if not layers:
             raise ValueError("the model has no Linear or Conv2d layer to prune")
         return layers
     chosen = {}
     for name in names:
-        module = dict(model.named_modules()).get(name)
+        module = modules.get(name)
         if module is None:
             raise ValueError(f"the model has no layer {name!r}; prunable layers: {', '.join(layers)}")
         if not isinstance(module, PRUNABLE):
