@@ -12,6 +12,24 @@ from IPython.display import display
 from course_lib.data import FASHION_MNIST_CLASSES
 from course_lib.dataflow import LayerStats, Machine, attainable_gflops
 from course_lib.plots import PALETTE, draw_roofline
+from course_lib.quantize import binarize, compute_qparams, dequantize, quantize
+from course_lib.sweeps import weight_quantization_key
+
+
+def _figure_output(figsize: tuple[float, float]) -> tuple[widgets.Output, plt.Figure]:
+    """An output area and the figure a widget redraws into it (closed, so the notebook does not show it twice)."""
+    output = widgets.Output()
+    with output:
+        fig = plt.figure(figsize=figsize)
+        plt.close(fig)
+    return output, fig
+
+
+def _show(output: widgets.Output, fig: plt.Figure) -> None:
+    """Replace what ``output`` shows with the redrawn ``fig``."""
+    output.clear_output(wait=True)
+    with output:
+        display(fig)
 
 
 def draw_prediction(fig: plt.Figure, image: torch.Tensor, label: int, probabilities: torch.Tensor,
@@ -44,17 +62,12 @@ def prediction_browser(images: torch.Tensor, labels: torch.Tensor, probabilities
     slider = widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="test image",
                                continuous_update=False, layout=widgets.Layout(width="60%"))
     button = widgets.Button(description="next mistake", icon="forward")
-    output = widgets.Output()
-    with output:
-        fig = plt.figure(figsize=(7.5, 3.0))
-        plt.close(fig)
+    output, fig = _figure_output((7.5, 3.0))
 
     def update(change: dict | None = None) -> None:
         index = slider.value
         draw_prediction(fig, images[index], int(labels[index]), probabilities[index], model_name)
-        output.clear_output(wait=True)
-        with output:
-            display(fig)
+        _show(output, fig)
 
     def next_mistake(_: widgets.Button) -> None:
         later = [i for i in mistakes if i > slider.value] or mistakes
@@ -106,19 +119,14 @@ def roofline_explorer(profiles: dict[str, list[LayerStats]], machine: Machine,
     batch = widgets.SelectionSlider(options=list(batch_sizes), value=batch_sizes[0], description="batch size",
                                     continuous_update=False)
     text = widgets.HTML()
-    plot = widgets.Output()
-    with plot:
-        fig = plt.figure(figsize=(7.5, 4.2))
-        plt.close(fig)
+    plot, fig = _figure_output((7.5, 4.2))
 
     def update(change: dict | None = None) -> None:
         layers = [l.at_batch(batch.value) for l in computing[model.value]]
         chosen = next(l for l in layers if l.name == layer.value)
         draw_layer_roofline(fig, machine, layers, chosen.name)
         text.value = f"<pre>{html.escape(describe_layer(chosen, machine))}</pre>"
-        plot.clear_output(wait=True)
-        with plot:
-            display(fig)
+        _show(plot, fig)
 
     def change_model(change: dict) -> None:
         layer.options = [l.name for l in computing[model.value]]  # triggers update through layer's observer
@@ -136,8 +144,6 @@ def draw_quantized_weights(fig: plt.Figure, weight: torch.Tensor, bits: int, per
 
     Per-tensor, the grid comes from the whole layer: a small-range channel then gets only a few levels.
     """
-    from course_lib.quantize import binarize, compute_qparams, dequantize, quantize
-
     axis = 0 if per_channel else None
     row = weight[channel].flatten()
     if bits == 1:
@@ -167,8 +173,6 @@ def draw_quantized_weights(fig: plt.Figure, weight: torch.Tensor, bits: int, per
 def quantization_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
     """Pick a layer, a channel, bits, granularity and calibration; see the weights on their grid, the error, and
     the whole model's test accuracy for that setting (from the cached sweep ``results``)."""
-    from course_lib.sweeps import weight_quantization_key
-
     layers = {name: m.weight.detach() for name, m in model.named_modules()
               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     layer = widgets.Dropdown(options=list(layers), description="layer")
@@ -178,10 +182,7 @@ def quantization_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox
     granularity = widgets.ToggleButtons(options=["tensor", "channel"], value="tensor", description="scale per")
     method = widgets.Dropdown(options=["minmax", "percentile", "mse"], description="calibration")
     text = widgets.HTML()
-    plot = widgets.Output()
-    with plot:
-        fig = plt.figure(figsize=(7.5, 3.6))
-        plt.close(fig)
+    plot, fig = _figure_output((7.5, 3.6))
 
     def update(change: dict | None = None) -> None:
         channel.max = len(layers[layer.value]) - 1
@@ -191,9 +192,7 @@ def quantization_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox
         accuracy = results["accuracy"][key]
         text.value = (f"<pre>{html.escape(summary)}\nwhole model, all layers at this setting: test accuracy "
                       f"{accuracy:.2%} (fp32 {results['baseline_accuracy']:.2%})</pre>")
-        plot.clear_output(wait=True)
-        with plot:
-            display(fig)
+        _show(plot, fig)
 
     for control in (layer, channel, bits, granularity, method):
         control.observe(update, names="value")
