@@ -256,7 +256,7 @@ def quantization(rt: Runtime) -> list[Row]:
 
 PRUNING_SCHEDULE = ((0.5, 2), (0.75, 2), (0.9, 8))  # (sparsity, retraining epochs) per round
 PRUNING_TRAINING = dict(lr=0.02, optimizer="sgd", weight_decay=1e-4, progress=False)
-FILTER_KEEP_FRACTION, FILTER_FINE_TUNE_EPOCHS = 0.5, 3
+FILTER_KEEP_FRACTION, FILTER_FINE_TUNE_EPOCHS = 0.5, 4
 
 
 def _magnitude_pruned_row(rt: Runtime, folder: Path) -> Row:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -247,7 +248,18 @@ def remove_filters(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module
         else:
             linear_index, linear = next((i, m) for i, m in enumerate(pruned.classifier) if isinstance(m, nn.Linear))
             pruned.classifier[linear_index] = _select_linear_inputs(linear, channels, conv.out_channels)
-    return pruned
+    return pruned.train(model.training)  # the rebuilt layers start in the original's mode (eval: running stats)
+
+
+def load_filter_pruned(path: str | os.PathLike, skeleton: nn.Module) -> nn.Module:
+    """Reload a model saved (as safetensors) after :func:`remove_filters`: ``skeleton`` (an unpruned model of the
+    same architecture) is narrowed to the channel counts found in the file, then loaded."""
+    state = load_file(str(path))
+    keep = {f"features.{i}": torch.arange(state[f"features.{i}.weight"].shape[0])
+            for i, layer in enumerate(skeleton.features) if isinstance(layer, nn.Conv2d)}
+    model = remove_filters(skeleton, keep)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def _select_conv(conv: nn.Conv2d, out_channels: torch.Tensor | None = None,
@@ -337,6 +349,87 @@ def l1_filter_selection(model: nn.Module, keep_fraction: float) -> dict[str, tor
             count = max(1, int(round(layer.out_channels * keep_fraction)))
             selection[f"features.{index}"] = filter_l1_norms(layer).topk(count).indices.sort().values
     return selection
+
+
+def gradual_prune(model: nn.Module, final_sparsity: float, epochs: int, pruning_epochs: int,
+                  scope: Scope = "global", **train_kwargs) -> list[float]:
+    """Zhu & Gupta's gradual pruning, one step per epoch: before epoch ``e`` prune (by magnitude) to the cubic
+    schedule's sparsity at ``min(e + 1, pruning_epochs)``, then train one epoch with the masks held; the last
+    ``epochs - pruning_epochs`` epochs only retrain. Returns the sparsity used in each epoch."""
+    check_sparsity(final_sparsity)
+    if not 1 <= pruning_epochs <= epochs:
+        raise ValueError(f"need 1 <= pruning_epochs <= epochs, got pruning_epochs={pruning_epochs}, epochs={epochs}")
+    seed = train_kwargs.pop("seed", 0)
+    used = []
+    for epoch in range(epochs):
+        sparsity = cubic_schedule(min(epoch + 1, pruning_epochs), pruning_epochs, final_sparsity)
+        apply_masks(model, magnitude_masks(model, sparsity, scope))
+        fine_tune(model, epochs=1, evaluate_every_epoch=False, seed=seed + epoch, **train_kwargs)
+        used.append(sparsity)
+    return used
+
+
+def layer_sensitivity(model: nn.Module, sparsities: Iterable[float], names: Iterable[str] | None = None,
+                      dataset=None) -> dict[str, list[float]]:
+    """Prune one layer at a time (by magnitude, the others untouched) to each sparsity; the test accuracy of each."""
+    sparsities = [check_sparsity(s) for s in sparsities]
+    curves = {}
+    for name in prunable_layers(model, names):
+        curves[name] = []
+        for sparsity in sparsities:
+            pruned = copy.deepcopy(model)
+            apply_masks(pruned, magnitude_masks(pruned, sparsity, "layer", names=[name]))
+            curves[name].append(evaluate(pruned, dataset))
+    return curves
+
+
+def allocate_sparsities(sparsities: list[float], curves: dict[str, list[float]], sizes: dict[str, int],
+                        baseline: float, target: float) -> dict[str, float]:
+    """Per-layer sparsities from sensitivity curves: the smallest accuracy-drop tolerance such that pruning each
+    layer as far as its (linearly interpolated) curve allows within that tolerance removes ``target`` of all
+    the weights. Robust layers end up sparser than sensitive ones."""
+    check_sparsity(target)
+    grid = torch.linspace(0, max(sparsities), 1001)
+    drops = {name: baseline - torch.from_numpy(np.interp(grid.numpy(), sparsities, curve))
+             for name, curve in curves.items()}
+    total = sum(sizes[name] for name in curves)
+
+    def allocation(tolerance: float) -> dict[str, float]:
+        chosen = {}
+        for name, drop in drops.items():
+            allowed = (drop <= tolerance).nonzero()
+            chosen[name] = float(grid[allowed.max()]) if len(allowed) else 0.0
+        return chosen
+
+    low, high = 0.0, 1.0
+    if sum(s * sizes[n] for n, s in allocation(high).items()) / total < target:
+        raise ValueError(f"the curves reach at most {max(sparsities)} sparsity per layer: cannot remove {target} "
+                         "of the weights; measure the curves at higher sparsities")
+    for _ in range(40):
+        middle = (low + high) / 2
+        if sum(s * sizes[n] for n, s in allocation(middle).items()) / total >= target:
+            high = middle
+        else:
+            low = middle
+    return allocation(high)
+
+
+def remove_conv_block(model: nn.Module, conv_name: str) -> nn.Module:
+    """A copy of a CourseCNN-like model without one conv → batch norm → ReLU block of ``features`` (the coarsest
+    granularity: a whole layer). The convolution must keep the channel count (``in == out``)."""
+    pruned = copy.deepcopy(model)
+    index = int(conv_name.rsplit(".", 1)[-1]) if conv_name.startswith("features.") else -1
+    conv = pruned.features[index] if 0 <= index < len(pruned.features) else None
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"{conv_name!r} is not a convolution of features")
+    if conv.in_channels != conv.out_channels or conv.stride != (1, 1):
+        raise ValueError(f"cannot drop {conv_name}: it changes the shape ({conv.in_channels} → {conv.out_channels} "
+                         "channels, stride {conv.stride}); only shape-preserving layers can be removed")
+    pruned.features[index] = nn.Identity()
+    for following in range(index + 1, min(index + 3, len(pruned.features))):
+        if isinstance(pruned.features[following], (nn.BatchNorm2d, nn.ReLU)):
+            pruned.features[following] = nn.Identity()
+    return pruned
 
 
 def prune_and_retrain(model: nn.Module, sparsities: Iterable[float], epochs_per_round: Iterable[int],

@@ -7,19 +7,26 @@ cache is honest; ``tests/test_sweeps.py`` does the same. Regenerate with ``pytho
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from torch import nn
 from tqdm.auto import tqdm
+
+from . import prune as P
 
 from .data import DATA_DIR, load_fashion_mnist
 from .io import atomic_path
 from .models import load_reference
 from .quantize import CALIBRATIONS, quantize_weights
 from .runtime import setup
-from .train import evaluate
+from .train import evaluate, fine_tune
+from .train import train as train_model
+from .train_reference import RECIPES, initial_model
 
 RESULTS_DIR = DATA_DIR / "results"
 WEIGHT_BITS = (8, 7, 6, 5, 4, 3, 2, 1)
@@ -48,7 +55,127 @@ def quantization(progress: bool = True) -> dict:
             "accuracy": accuracy}
 
 
-SWEEPS: dict[str, Callable[..., dict]] = {"quantization": quantization}
+PRUNING_SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
+PRUNING_RETRAIN = dict(lr=0.02, optimizer="sgd", weight_decay=1e-4, progress=False)  # the bench uses the same
+SCHEDULE_TARGET, SCHEDULE_EPOCHS = 0.97, 8
+OBD_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97)
+LOTTERY_KEPT = (0.2, 0.1, 0.03)
+CNN_CONVS = ("features.0", "features.3", "features.7", "features.10", "features.14", "features.17")
+GRANULARITY_SPARSITIES = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8)
+GRANULARITY_TABLE_SPARSITY, FILTER_KEEP_FOR_HALF_THE_WEIGHTS, DROPPED_LAYER = 0.5, 0.71, "features.17"
+
+
+def _masked(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    return P.apply_masks(copy.deepcopy(model), masks)
+
+
+def _retrained_accuracy(model: nn.Module, epochs: int = 2, **kwargs) -> float:
+    fine_tune(model, epochs=epochs, evaluate_every_epoch=False, **{**PRUNING_RETRAIN, **kwargs})
+    return round(evaluate(model), 4)
+
+
+def _lenet_pruning(progress: bool) -> dict:
+    """LeNet-300-100: one-shot curves, schedules, sensitivity, OBD vs magnitude, lottery tickets."""
+    dense = load_reference("lenet_300_100")
+    baseline = evaluate(dense)
+    bar = tqdm(total=4 + 2 * len(LOTTERY_KEPT), desc="LeNet-300-100 experiments", disable=not progress)
+    curves = {f"{scope}/{stage}": [] for scope in ("global", "layer") for stage in ("pruned", "retrained")}
+    for sparsity in PRUNING_SPARSITIES:
+        for scope in ("global", "layer"):
+            model = _masked(dense, P.magnitude_masks(dense, sparsity, scope))
+            curves[f"{scope}/pruned"].append(round(evaluate(model), 4))
+            curves[f"{scope}/retrained"].append(_retrained_accuracy(model))
+    bar.update()
+
+    schedules = {}
+    one_shot = _masked(dense, P.magnitude_masks(dense, SCHEDULE_TARGET))
+    schedules["one-shot"] = _retrained_accuracy(one_shot, epochs=SCHEDULE_EPOCHS)
+    iterative = copy.deepcopy(dense)
+    steps = (0.5, 0.75, 0.875, 0.94, SCHEDULE_TARGET)
+    P.prune_and_retrain(iterative, steps, (1, 1, 1, 1, SCHEDULE_EPOCHS - 4), **PRUNING_RETRAIN)
+    schedules["iterative"] = round(evaluate(iterative), 4)
+    gradual = copy.deepcopy(dense)
+    schedule = P.gradual_prune(gradual, SCHEDULE_TARGET, SCHEDULE_EPOCHS, SCHEDULE_EPOCHS // 2, **PRUNING_RETRAIN)
+    schedules["gradual"] = round(evaluate(gradual), 4)
+    bar.update()
+
+    sensitivity = P.layer_sensitivity(dense, PRUNING_SPARSITIES)
+    sizes = {name: layer.weight.numel() for name, layer in P.prunable_layers(dense).items()}
+    per_layer = P.allocate_sparsities(list(PRUNING_SPARSITIES), sensitivity, sizes, baseline, 0.9)
+    guided = _masked(dense, {name: P.magnitude_masks(dense, s, "layer", [name])[name] for name, s in per_layer.items()})
+    uniform = _masked(dense, P.magnitude_masks(dense, 0.9, "layer"))
+    allocation = {"target": 0.9, "per_layer": {n: round(s, 4) for n, s in per_layer.items()},
+                  "overall": round(P.sparsity_of(guided), 4),
+                  "guided/pruned": round(evaluate(guided), 4), "uniform/pruned": round(evaluate(uniform), 4),
+                  "guided/retrained": _retrained_accuracy(guided), "uniform/retrained": _retrained_accuracy(uniform)}
+    bar.update()
+
+    train = load_fashion_mnist("train")
+    batches = [(train.images[i:i + 500], train.labels[i:i + 500]) for i in range(0, 10_000, 500)]
+    hessian = P.hutchinson_hessian_diagonal(dense, nn.functional.cross_entropy, batches, samples=8)
+    obd_scores = P.obd_saliency(dense, hessian)
+    magnitude_scores = {name: layer.weight.detach().abs() for name, layer in P.prunable_layers(dense).items()}
+    obd = {f"{method}/{stage}": [] for method in ("magnitude", "obd") for stage in ("pruned", "retrained")}
+    for sparsity in OBD_SPARSITIES:
+        for method, scores in (("magnitude", magnitude_scores), ("obd", obd_scores)):
+            model = _masked(dense, P.masks_from_scores(scores, sparsity))
+            obd[f"{method}/pruned"].append(round(evaluate(model), 4))
+            obd[f"{method}/retrained"].append(_retrained_accuracy(model, epochs=1))
+    bar.update()
+
+    recipe = RECIPES["lenet_300_100"]
+    lottery = {"kept": list(LOTTERY_KEPT), "epochs": recipe["epochs"], "ticket": [], "random_init": []}
+    for kept in LOTTERY_KEPT:
+        masks = P.magnitude_masks(dense, 1 - kept)
+        for kind, seed in (("ticket", 0), ("random_init", 1)):
+            model = P.apply_masks(initial_model("lenet_300_100", seed), masks)
+            train_model(model, seed=0, evaluate_every_epoch=False, progress=False, **recipe)
+            lottery[kind].append(round(evaluate(model), 4))
+            bar.update()
+    bar.close()
+    return {"baseline_accuracy": round(baseline, 4), "sparsities": list(PRUNING_SPARSITIES), "curves": curves,
+            "retrain_epochs": 2, "schedules": {"target": SCHEDULE_TARGET, "epochs": SCHEDULE_EPOCHS,
+                                                "iterative_steps": list(steps), "gradual_steps": schedule,
+                                                "accuracy": schedules},
+            "sensitivity": {name: [round(a, 4) for a in curve] for name, curve in sensitivity.items()},
+            "allocation": allocation, "obd": {"sparsities": list(OBD_SPARSITIES), "hutchinson_batches": 20,
+                                              "hutchinson_samples": 8, "accuracy": obd},
+            "lottery": lottery}
+
+
+def _cnn_granularity(progress: bool) -> dict:
+    """Course CNN: accuracy of the six convolutions pruned at each granularity, and the 50% table."""
+    dense = load_reference("course_cnn")
+    sweep = {g: [] for g in P.GRANULARITIES}
+    configs = [(g, s) for g in P.GRANULARITIES for s in GRANULARITY_SPARSITIES]
+    for granularity, sparsity in tqdm(configs, desc="course CNN granularities", disable=not progress):
+        model = _masked(dense, P.structured_masks(dense, sparsity, granularity, CNN_CONVS))
+        sweep[granularity].append(round(evaluate(model), 4))
+    table = {}
+    candidates = {g: _masked(dense, P.structured_masks(dense, GRANULARITY_TABLE_SPARSITY, g, CNN_CONVS))
+                  for g in P.GRANULARITIES if g != "filter"}
+    candidates["filter"] = P.remove_filters(dense, P.l1_filter_selection(dense, FILTER_KEEP_FOR_HALF_THE_WEIGHTS))
+    candidates["layer"] = P.remove_conv_block(dense, DROPPED_LAYER)
+    for name, model in tqdm(candidates.items(), desc="granularity table (fine-tune 1 epoch)", disable=not progress):
+        conv_weights = sum(m.weight.count_nonzero().item() for m in model.features if isinstance(m, nn.Conv2d))
+        table[name] = {"pruned": round(evaluate(model), 4),
+                       "fine_tuned": _retrained_accuracy(model, epochs=1, augment=True),
+                       "conv_weights_kept": conv_weights}
+    return {"baseline_accuracy": round(evaluate(dense), 4), "layers": list(CNN_CONVS),
+            "sparsities": list(GRANULARITY_SPARSITIES), "granularity_sweep": sweep,
+            "table": {"sparsity": GRANULARITY_TABLE_SPARSITY, "filter_keep": FILTER_KEEP_FOR_HALF_THE_WEIGHTS,
+                      "dropped_layer": DROPPED_LAYER, "fine_tune_epochs": 1,
+                      "dense_conv_weights": sum(m.weight.numel() for m in dense.features if isinstance(m, nn.Conv2d)),
+                      "accuracy": table}}
+
+
+def pruning(progress: bool = True) -> dict:
+    """LeNet-300-100 (curves, schedules, sensitivity, OBD, lottery tickets) and course CNN granularities."""
+    return {"dataset": "fashion-mnist test (10,000 images)", "lenet_300_100": _lenet_pruning(progress),
+            "course_cnn": _cnn_granularity(progress)}
+
+
+SWEEPS: dict[str, Callable[..., dict]] = {"quantization": quantization, "pruning": pruning}
 
 
 def results_path(name: str) -> Path:

@@ -29,10 +29,15 @@ RECIPES: dict[str, dict] = {
 }
 
 
+def initial_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """The untrained model that the reference recipe starts from with ``seed`` (lottery tickets rewind to it)."""
+    setup(seed=seed, device="cpu")
+    return build_model(name)
+
+
 def train_one(name: str, seed: int = 0) -> dict:
     """Train one reference model, save it atomically, and return its record."""
-    setup(seed=seed, device="cpu")
-    model = build_model(name)
+    model = initial_model(name, seed)
     start = time.perf_counter()
     history = train(model, seed=seed, evaluate_every_epoch=False, **RECIPES[name])
     seconds = time.perf_counter() - start

@@ -12,6 +12,7 @@ from IPython.display import display
 from course_lib.data import FASHION_MNIST_CLASSES
 from course_lib.dataflow import LayerStats, Machine, attainable_gflops
 from course_lib.plots import PALETTE, draw_roofline
+from course_lib.prune import structured_masks
 from course_lib.quantize import binarize, compute_qparams, dequantize, quantize
 from course_lib.sweeps import weight_quantization_key
 
@@ -198,3 +199,47 @@ def quantization_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox
         control.observe(update, names="value")
     update()
     return widgets.VBox([widgets.HBox([layer, channel]), widgets.HBox([bits, method]), granularity, text, plot])
+
+
+def draw_pruning_mask(fig: plt.Figure, model: torch.nn.Module, layer: str, granularity: str,
+                      sparsity: float) -> float:
+    """Draw the mask that pruning ``layer`` of ``model`` at ``granularity`` and ``sparsity`` would apply, one
+    kh × kw tile per (output, input) channel pair (white = kept); returns the fraction of weights removed."""
+    mask = structured_masks(model, sparsity, granularity, [layer])[layer]
+    out_channels, in_channels, kh, kw = mask.shape
+    image = mask.permute(0, 2, 1, 3).reshape(out_channels * kh, in_channels * kw)
+    fig.clear()
+    ax = fig.add_subplot()
+    ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    ax.set_xlabel(f"input channel (each tile: one {kh}×{kw} kernel)")
+    ax.set_ylabel("output channel (filter)")
+    ticks = range(0, in_channels, max(1, in_channels // 8))
+    ax.set_xticks([t * kw + kw / 2 - 0.5 for t in ticks], [str(t) for t in ticks])
+    ticks = range(0, out_channels, max(1, out_channels // 8))
+    ax.set_yticks([t * kh + kh / 2 - 0.5 for t in ticks], [str(t) for t in ticks])
+    removed = float((mask == 0).float().mean())
+    ax.set_title(f"{layer}: {granularity} pruning, {removed:.0%} of the weights removed (black)")
+    return removed
+
+
+def pruning_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
+    """Pick a convolution, a granularity and a sparsity: see the mask, and the whole CNN's test accuracy with every
+    convolution pruned that way (masks only, no retraining; from the cached sweep ``results``)."""
+    layer = widgets.Dropdown(options=results["layers"][1:], description="layer")
+    granularity = widgets.ToggleButtons(options=list(results["granularity_sweep"]), description="granularity")
+    sparsity = widgets.SelectionSlider(options=results["sparsities"], value=0.5, description="sparsity",
+                                       continuous_update=False)
+    text = widgets.HTML()
+    plot, fig = _figure_output((7.5, 5.0))
+
+    def update(change: dict | None = None) -> None:
+        draw_pruning_mask(fig, model, layer.value, granularity.value, sparsity.value)
+        accuracy = results["granularity_sweep"][granularity.value][results["sparsities"].index(sparsity.value)]
+        text.value = (f"<pre>all six convolutions pruned at {granularity.value} level to {sparsity.value:.0%}, no "
+                      f"retraining: test accuracy {accuracy:.2%} (dense {results['baseline_accuracy']:.2%})</pre>")
+        _show(plot, fig)
+
+    for control in (layer, granularity, sparsity):
+        control.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([layer, sparsity]), granularity, text, plot])

@@ -94,7 +94,8 @@ def test_removing_a_channel_whose_output_is_zero_leaves_the_network_unchanged():
     with torch.no_grad():  # make channel 5 of the first block output exactly zero after batch norm and ReLU
         bn.weight[5], bn.bias[5] = 0.0, -1.0
     keep = {"features.0": torch.tensor([c for c in range(32) if c != 5])}
-    smaller = P.remove_filters(model, keep).eval()
+    smaller = P.remove_filters(model, keep)
+    assert not any(m.training for m in smaller.modules()), "rebuilt layers keep the model's eval mode"
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(model(x), smaller(x), atol=1e-5)
@@ -136,3 +137,70 @@ def test_l1_filter_selection_keeps_the_largest_filters():
     assert norms[selection["features.0"]].min() >= norms.sort(descending=True).values[7]
     with pytest.raises(ValueError, match="keep_fraction"):
         P.l1_filter_selection(model, 0.0)
+
+
+def test_gradual_prune_follows_the_cubic_schedule_and_keeps_its_masks():
+    model = build_model("lenet_300_100")
+    used = P.gradual_prune(model, 0.8, epochs=3, pruning_epochs=2, lr=0.01, steps_per_epoch=2, progress=False)
+    assert used == pytest.approx([P.cubic_schedule(1, 2, 0.8), 0.8, 0.8])
+    assert abs(P.sparsity_of(model) - 0.8) < 1e-3
+    with pytest.raises(ValueError, match="pruning_epochs"):
+        P.gradual_prune(model, 0.8, epochs=2, pruning_epochs=3)
+
+
+def test_layer_sensitivity_prunes_one_layer_at_a_time():
+    from course_lib.data import Dataset, load_fashion_mnist
+    from course_lib.train import evaluate
+
+    model = build_model("lenet_300_100")
+    full = load_fashion_mnist("test")
+    small = Dataset(full.images[:200], full.labels[:200])
+    curves = P.layer_sensitivity(model, [0.0, 0.99], dataset=small)
+    assert set(curves) == {"fc1", "fc2", "fc3"}
+    assert all(curve[0] == pytest.approx(evaluate(model, small)) for curve in curves.values())
+    assert P.sparsity_of(model) == 0.0, "the model itself is left untouched"
+
+
+def test_allocate_sparsities_prunes_robust_layers_more_and_hits_the_target():
+    sparsities = [0.0, 0.5, 0.9, 0.99]
+    curves = {"robust": [0.9, 0.9, 0.9, 0.85], "fragile": [0.9, 0.85, 0.5, 0.1]}
+    sizes = {"robust": 900, "fragile": 100}
+    chosen = P.allocate_sparsities(sparsities, curves, sizes, baseline=0.9, target=0.9)
+    overall = (chosen["robust"] * 900 + chosen["fragile"] * 100) / 1000
+    assert chosen["robust"] > chosen["fragile"] and 0.9 <= overall < 0.905
+    with pytest.raises(ValueError, match="cannot remove 0.995"):
+        P.allocate_sparsities(sparsities, curves, sizes, baseline=0.9, target=0.995)
+
+
+def test_remove_conv_block_drops_a_shape_preserving_layer_only():
+    model = build_model("course_cnn").eval()
+    smaller = P.remove_conv_block(model, "features.17").eval()
+    assert count_convs(smaller) == 5 and smaller(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="changes the shape"):
+        P.remove_conv_block(model, "features.14")
+    with pytest.raises(ValueError, match="not a convolution"):
+        P.remove_conv_block(model, "features.1")
+
+
+def count_convs(model):
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def test_filter_pruned_file_reloads_into_the_right_shapes(tmp_path):
+    from course_lib.measure import save_state_dict
+
+    model = build_model("course_cnn").eval()
+    smaller = P.remove_filters(model, P.l1_filter_selection(model, 0.5)).eval()
+    save_state_dict(smaller, tmp_path / "small.safetensors")
+    reloaded = P.load_filter_pruned(tmp_path / "small.safetensors", build_model("course_cnn"))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), smaller(x))
+    assert reloaded.features[17].out_channels == 64
+
+
+def test_initial_model_is_the_reference_recipes_starting_point():
+    from course_lib.train_reference import initial_model
+
+    first, again, other = (initial_model("lenet_300_100", s) for s in (0, 0, 1))
+    assert torch.equal(first.fc1.weight, again.fc1.weight) and not torch.equal(first.fc1.weight, other.fc1.weight)

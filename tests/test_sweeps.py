@@ -28,3 +28,37 @@ def test_missing_or_unknown_results_say_how_to_get_them(monkeypatch, tmp_path):
     monkeypatch.setattr(sweeps, "RESULTS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="python -m course_lib.sweeps quantization"):
         sweeps.load_results("quantization")
+
+
+def test_pruning_cache_is_complete_and_tells_the_lessons():
+    results = sweeps.load_results("pruning")
+    lenet, cnn = results["lenet_300_100"], results["course_cnn"]
+    n = len(lenet["sparsities"])
+    assert all(len(curve) == n for curve in lenet["curves"].values())
+    assert set(lenet["sensitivity"]) == {"fc1", "fc2", "fc3"}
+    i = lenet["sparsities"].index(0.9)
+    assert lenet["curves"]["global/retrained"][i] > lenet["baseline_accuracy"] - 0.01, "retraining recovers 90%"
+    assert lenet["curves"]["global/pruned"][i] > lenet["curves"]["layer/pruned"][i], "global beats layer-wise"
+    assert all(len(cnn["granularity_sweep"][g]) == len(cnn["sparsities"]) for g in ("connection", "vector",
+                                                                                    "kernel", "filter"))
+    assert set(cnn["table"]["accuracy"]) == {"connection", "vector", "kernel", "filter", "layer"}
+
+
+def test_cached_pruning_entries_match_fresh_measurements():
+    import copy
+
+    from course_lib import prune as P
+    from course_lib.models import load_reference
+    from course_lib.train import evaluate
+
+    results = sweeps.load_results("pruning")
+    lenet = load_reference("lenet_300_100")
+    i = results["lenet_300_100"]["sparsities"].index(0.8)
+    for scope in ("global", "layer"):
+        pruned = P.apply_masks(copy.deepcopy(lenet), P.magnitude_masks(lenet, 0.8, scope))
+        assert abs(evaluate(pruned) - results["lenet_300_100"]["curves"][f"{scope}/pruned"][i]) < 0.002
+    cnn, cached = load_reference("course_cnn"), results["course_cnn"]
+    j = cached["sparsities"].index(0.4)
+    kernel = P.apply_masks(copy.deepcopy(cnn), P.structured_masks(cnn, 0.4, "kernel", cached["layers"]))
+    assert abs(evaluate(kernel) - cached["granularity_sweep"]["kernel"][j]) < 0.002, \
+        "regenerate with: python -m course_lib.sweeps pruning"

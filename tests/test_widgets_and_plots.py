@@ -134,3 +134,36 @@ def test_draw_quantized_weights_shows_the_grid_and_the_error():
     assert "per-channel" in draw_quantized_weights(fig, weight, 3, per_channel=True, method="minmax", channel=1)
     assert fig.axes[0].get_xlabel() == "weight value" and len(fig.axes[0].lines) <= 7
     plt.close(fig)
+
+
+def test_pruning_explorer_follows_its_controls():
+    from course_lib.models import build_model
+    from course_lib.sweeps import load_results
+    from course_lib.widgets import pruning_explorer
+
+    results = load_results("pruning")["course_cnn"]
+    box = pruning_explorer(build_model("course_cnn"), results)
+    (layer, sparsity), granularity, text = box.children[0].children, box.children[1], box.children[2]
+    index = results["sparsities"].index(0.5)
+    assert f"{results['granularity_sweep']['connection'][index]:.2%}" in text.value
+    granularity.value = "filter"
+    sparsity.value = 0.8
+    assert f"{results['granularity_sweep']['filter'][results['sparsities'].index(0.8)]:.2%}" in text.value
+    layer.value = "features.17"  # the accuracy is the whole model's: a different layer's mask, the same number
+    assert "filter level to 80%" in text.value
+    plt.close("all")
+
+
+@pytest.mark.parametrize("granularity", ["connection", "vector", "kernel", "filter"])
+def test_draw_pruning_mask_removes_the_requested_fraction_in_whole_groups(granularity):
+    from course_lib.models import build_model
+    from course_lib.widgets import draw_pruning_mask
+
+    fig = plt.figure()
+    removed = draw_pruning_mask(fig, build_model("course_cnn"), "features.3", granularity, 0.5)
+    assert abs(removed - 0.5) < 0.05
+    image = fig.axes[0].images[0].get_array()
+    assert image.shape == (32 * 3, 32 * 3) and set(image.flatten().tolist()) <= {0.0, 1.0}
+    if granularity == "filter":
+        assert all(len(set(row.tolist())) == 1 for row in image.reshape(32, -1)), "a filter is one band of rows"
+    plt.close(fig)
