@@ -28,8 +28,8 @@ from course_lib.dataflow import measure_machine
 from course_lib.measure import LatencyStats, compare_latency, count_parameters, save_state_dict, serialized_bytes
 from course_lib.minilm import MiniLM, embed, lee_correlation, load_minilm, tokenize
 from course_lib.models import build_model, load_reference
-from course_lib.prune import (l1_filter_selection, load_sparse, make_permanent, prune_and_retrain, remove_filters,
-                              save_sparse, sparsity_of)
+from course_lib.prune import (RETRAIN_RECIPE, l1_filter_selection, load_sparse, make_permanent, prune_and_retrain,
+                              remove_filters, save_sparse, sparsity_of)
 from course_lib.quantize import (compile_for_cpu, linear_input_absmax, load_dynamic_int8, load_int8, quantize_dynamic,
                                  quantize_static, save_dynamic_int8, save_int8)
 from course_lib.runtime import Runtime, setup
@@ -255,7 +255,7 @@ def quantization(rt: Runtime) -> list[Row]:
 
 
 PRUNING_SCHEDULE = ((0.5, 2), (0.75, 2), (0.9, 8))  # (sparsity, retraining epochs) per round
-PRUNING_TRAINING = dict(lr=0.02, optimizer="sgd", weight_decay=1e-4, progress=False)
+PRUNING_TRAINING = dict(RETRAIN_RECIPE, progress=False)
 FILTER_KEEP_FRACTION, FILTER_FINE_TUNE_EPOCHS = 0.5, 4
 
 

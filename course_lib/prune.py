@@ -28,6 +28,7 @@ Scope = Literal["global", "layer"]
 Granularity = Literal["connection", "vector", "kernel", "filter"]
 GRANULARITIES: tuple[str, ...] = ("connection", "vector", "kernel", "filter")
 PRUNABLE = (nn.Linear, nn.Conv2d)
+RETRAIN_RECIPE = dict(lr=0.02, optimizer="sgd", weight_decay=1e-4)  # fine_tune settings for retraining after pruning
 
 
 def check_sparsity(sparsity: float) -> float:

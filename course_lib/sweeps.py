@@ -56,7 +56,7 @@ def quantization(progress: bool = True) -> dict:
 
 
 PRUNING_SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
-PRUNING_RETRAIN = dict(lr=0.02, optimizer="sgd", weight_decay=1e-4, progress=False)  # the bench uses the same
+PRUNING_RETRAIN = dict(P.RETRAIN_RECIPE, progress=False)
 SCHEDULE_TARGET, SCHEDULE_EPOCHS = 0.97, 8
 OBD_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97)
 LOTTERY_KEPT = (0.2, 0.1, 0.03)

@@ -1,0 +1,347 @@
+"""Weight sharing and Deep Compression's encoding: k-means codebooks, relative (gap) indexing of the sparse
+positions, canonical Huffman coding, and a checksummed binary file that decodes into a normal PyTorch model.
+
+Clustering uses scikit-learn's ``KMeans`` (the maintained implementation; notebook 04 writes it from scratch next
+to it). Huffman coding is written here because it *is* the lesson, and no maintained library stores canonical code
+lengths the way a compact file needs.
+
+File format (little-endian), version 1::
+
+    magic b"DCMP" | version u16 | header_length u32 | payload_length u64 | sha256(header + payload) (32 bytes)
+    header: UTF-8 JSON {"layers": [...], "dense": [...]} describing every section of the payload, in order
+    payload: per shared layer: codebook (fp32 × clusters), index code lengths (u8 × clusters),
+             gap code lengths (u8 × 2^gap_bits), Huffman bitstream of the cluster indices, Huffman bitstream of the
+             gaps; then every other tensor (biases, batch-norm statistics) raw, as fp32.
+
+A sparse layer is stored as a stream of (gap, cluster index) pairs over its flattened weight: the gap to the next
+nonzero, minus one, fits in ``gap_bits`` bits; a longer gap inserts a filler entry whose index 0 decodes to 0.0
+(Han et al.'s relative indexing). Index 0 of every codebook is reserved for zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import math
+import os
+import struct
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .io import atomic_path
+
+MAGIC, VERSION = b"DCMP", 1
+_PREAMBLE = struct.Struct("<4sHIQ32s")
+Init = Literal["linear", "random", "density"]
+INITS: tuple[str, ...] = ("linear", "random", "density")
+
+
+class CorruptFileError(ValueError):
+    """A compressed model file that is truncated, altered, of another format or of an unsupported version."""
+
+
+# ---------------------------------------------------------------------------------------------------- clustering
+def check_clusters(clusters: int, values: int) -> int:
+    """``clusters`` if it is an int from 1 to the number of values to cluster, else a clear error."""
+    if isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 1:
+        raise ValueError(f"clusters must be a whole number of at least 1, got {clusters!r}")
+    if clusters > values:
+        raise ValueError(f"cannot make {clusters} clusters from {values} weights: use at most {values}")
+    return clusters
+
+
+def initial_centroids(values: torch.Tensor, clusters: int, init: Init = "linear", seed: int = 0) -> torch.Tensor:
+    """Han et al.'s three initialisations: ``linear`` (evenly spaced from min to max), ``random`` (a random
+    sample of the values), ``density`` (evenly spaced quantiles: dense regions get more centroids)."""
+    values = values.detach().flatten().float()
+    check_clusters(clusters, values.numel())
+    if init == "linear":
+        return torch.linspace(float(values.min()), float(values.max()), clusters)
+    if init == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return values[torch.randperm(values.numel(), generator=generator)[:clusters]].sort().values
+    if init == "density":
+        return torch.quantile(values, torch.linspace(0, 1, clusters + 2)[1:-1]) if clusters < values.numel() \
+            else values.sort().values
+    raise ValueError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
+
+
+def kmeans_1d(values: torch.Tensor, clusters: int, init: Init = "linear", seed: int = 0,
+              max_iter: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster scalar weights with scikit-learn's KMeans from the chosen initialisation; returns the centroids
+    (sorted, fp32) and each value's cluster label (int64)."""
+    from sklearn.cluster import KMeans
+
+    values = values.detach().flatten().float()
+    start = initial_centroids(values, clusters, init, seed)
+    start = torch.unique(start)  # identical starting centroids would make empty clusters
+    model = KMeans(n_clusters=len(start), init=start.numpy()[:, None].astype(np.float64), n_init=1,
+                   max_iter=max_iter, random_state=seed)
+    model.fit(values.numpy()[:, None].astype(np.float64))
+    centroids = torch.from_numpy(model.cluster_centers_[:, 0]).float()
+    order = centroids.argsort()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    return centroids[order], rank[torch.from_numpy(model.labels_.astype(np.int64))]
+
+
+# ------------------------------------------------------------------------------------------- Huffman coding
+def huffman_code_lengths(frequencies: Sequence[int]) -> list[int]:
+    """Optimal prefix-code lengths for symbols ``0 … n-1`` with these counts (0 for an unused symbol; a single
+    used symbol gets length 1)."""
+    used = [(count, symbol) for symbol, count in enumerate(frequencies) if count > 0]
+    lengths = [0] * len(frequencies)
+    if len(used) == 1:
+        lengths[used[0][1]] = 1
+        return lengths
+    heap = [(count, i, [symbol]) for i, (count, symbol) in enumerate(used)]
+    heapq.heapify(heap)
+    tie = len(heap)
+    while len(heap) > 1:
+        count_a, _, symbols_a = heapq.heappop(heap)
+        count_b, _, symbols_b = heapq.heappop(heap)
+        for symbol in symbols_a + symbols_b:  # every merge puts these symbols one level deeper
+            lengths[symbol] += 1
+        heapq.heappush(heap, (count_a + count_b, tie, symbols_a + symbols_b))
+        tie += 1
+    return lengths
+
+
+def canonical_codes(lengths: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """Canonical Huffman codes ``symbol -> (code, length)`` from code lengths alone (what the file stores)."""
+    code, previous, codes = 0, 0, {}
+    for length, symbol in sorted((length, symbol) for symbol, length in enumerate(lengths) if length):
+        code <<= length - previous
+        codes[symbol] = (code, length)
+        code, previous = code + 1, length
+    return codes
+
+
+def huffman_encode(symbols: Iterable[int], lengths: Sequence[int]) -> bytes:
+    """Pack the symbols' canonical codes into bytes (the last byte padded with zero bits)."""
+    codes = canonical_codes(lengths)
+    bits = []
+    try:
+        for symbol in symbols:
+            code, length = codes[int(symbol)]
+            bits.append(format(code, f"0{length}b"))
+    except KeyError as error:
+        raise ValueError(f"symbol {error.args[0]} has no code (its frequency was 0)") from None
+    text = "".join(bits)
+    text += "0" * (-len(text) % 8)
+    return int(text, 2).to_bytes(len(text) // 8, "big") if text else b""
+
+
+def huffman_decode(data: bytes, lengths: Sequence[int], count: int) -> list[int]:
+    """Decode ``count`` symbols from bytes written by :func:`huffman_encode` with the same code lengths."""
+    decoding = {(length, code): symbol for symbol, (code, length) in canonical_codes(lengths).items()}
+    longest = max(lengths, default=0)
+    bits = bin(int.from_bytes(data, "big"))[2:].zfill(len(data) * 8) if data else ""
+    symbols, code, length, position = [], 0, 0, 0
+    while len(symbols) < count:
+        if position >= len(bits) or length >= longest:
+            raise CorruptFileError("a Huffman bitstream ends early or holds an invalid code")
+        code, length = (code << 1) | (bits[position] == "1"), length + 1
+        position += 1
+        symbol = decoding.get((length, code))
+        if symbol is not None:
+            symbols.append(symbol)
+            code, length = 0, 0
+    return symbols
+
+
+def entropy_bits(frequencies: Sequence[int]) -> float:
+    """Shannon's bound: the fewest bits any code can use for these symbol counts, in total."""
+    total = sum(frequencies)
+    return -sum(c * math.log2(c / total) for c in frequencies if c)
+
+
+# ---------------------------------------------------------------------------------------- relative indexing
+def to_gaps(indices: torch.Tensor, gap_bits: int) -> tuple[list[int], list[int]]:
+    """Relative indexing of a flattened layer whose entries are cluster indices (0 = pruned): returns the gap
+    stream (distance to the next stored entry, minus one, each < 2^gap_bits) and the index stream, with filler
+    entries (index 0) wherever a gap is too long."""
+    if not 1 <= gap_bits <= 16:
+        raise ValueError(f"gap_bits must be from 1 to 16, got {gap_bits}")
+    flat = indices.flatten()
+    positions = flat.nonzero().flatten().tolist()
+    limit = 1 << gap_bits
+    gaps, values, previous = [], [], -1
+    for position in positions:
+        while position - previous > limit:
+            previous += limit
+            gaps.append(limit - 1)
+            values.append(0)
+        gaps.append(position - previous - 1)
+        values.append(int(flat[position]))
+        previous = position
+    return gaps, values
+
+
+def from_gaps(gaps: Sequence[int], values: Sequence[int], numel: int) -> torch.Tensor:
+    """Invert :func:`to_gaps`: the flattened index tensor (int64, 0 where pruned)."""
+    positions = np.cumsum(np.asarray(gaps, dtype=np.int64) + 1) - 1
+    if len(positions) and positions[-1] >= numel:
+        raise CorruptFileError(f"a position ({positions[-1]}) lies outside a layer of {numel} weights")
+    flat = torch.zeros(numel, dtype=torch.long)
+    flat[torch.from_numpy(positions)] = torch.as_tensor(list(values), dtype=torch.long)
+    return flat
+
+
+# ------------------------------------------------------------------------------------------ shared layers
+@dataclass
+class SharedLayer:
+    """A pruned, weight-shared layer: ``codebook[0] == 0`` (pruned), ``indices`` (int64, the weight's shape)."""
+
+    codebook: torch.Tensor
+    indices: torch.Tensor
+
+    def weight(self) -> torch.Tensor:
+        """The dense weight the layer computes with."""
+        return self.codebook[self.indices]
+
+
+def share_weight(weight: torch.Tensor, clusters: int, init: Init = "linear", seed: int = 0) -> SharedLayer:
+    """Cluster a (pruned) weight's nonzero values into ``clusters`` shared values; zeros stay zero."""
+    weight = weight.detach().cpu().float()
+    nonzero = weight != 0
+    centroids, labels = kmeans_1d(weight[nonzero], clusters, init, seed)
+    indices = torch.zeros(weight.shape, dtype=torch.long)
+    indices[nonzero] = labels + 1
+    return SharedLayer(torch.cat([torch.zeros(1), centroids]), indices)
+
+
+class _CodebookWeight(nn.Module):
+    """Parametrization ``weight = codebook[indices]`` with entry 0 pinned to zero: the optimizer trains the
+    codebook, and autograd sums the gradients of all weights of a cluster into its centroid (Han et al.)."""
+
+    def __init__(self, indices: torch.Tensor):
+        super().__init__()
+        self.register_buffer("indices", indices)
+
+    def forward(self, codebook: torch.Tensor) -> torch.Tensor:
+        return torch.cat([codebook.new_zeros(1), codebook[1:]])[self.indices]
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        """The codebook that reproduces ``weight`` (the mean of each cluster's weights)."""
+        sums = torch.zeros(int(self.indices.max()) + 1, dtype=weight.dtype, device=weight.device)
+        counts = torch.zeros_like(sums)
+        sums.index_add_(0, self.indices.flatten(), weight.detach().flatten())
+        counts.index_add_(0, self.indices.flatten(), torch.ones_like(weight).flatten())
+        return sums / counts.clamp(min=1)
+
+
+def attach_codebooks(model: nn.Module, shared: dict[str, SharedLayer]) -> nn.Module:
+    """Make each named layer compute with its shared weight and train only its codebook (plus, as before, the
+    other parameters such as biases), in place; the cluster assignment stays fixed."""
+    modules = dict(model.named_modules())
+    for name, layer in shared.items():
+        module = modules[name.removesuffix(".weight")]
+        with torch.no_grad():
+            module.weight.copy_(layer.weight().to(module.weight))
+        parametrize.register_parametrization(module, "weight", _CodebookWeight(layer.indices.to(module.weight.device)),
+                                             unsafe=True)
+    return model
+
+
+def shared_layers(model: nn.Module) -> dict[str, SharedLayer]:
+    """The current codebooks and assignments of a model prepared with :func:`attach_codebooks`."""
+    result = {}
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrization = module.parametrizations.weight
+            codebook = parametrization.original.detach().cpu().clone()
+            codebook[0] = 0.0
+            result[f"{name}.weight"] = SharedLayer(codebook, parametrization[0].indices.cpu())
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- the file
+def _pack_section(bits: int, values: Sequence[int]) -> tuple[list[int], list[int], bytes]:
+    frequencies = Counter(values)
+    counts = [frequencies.get(symbol, 0) for symbol in range(bits)]
+    lengths = huffman_code_lengths(counts)
+    if max(lengths, default=0) > 255:
+        raise ValueError("a Huffman code is longer than 255 bits")
+    return counts, lengths, huffman_encode(values, lengths)
+
+
+def encode_model(path: str | os.PathLike, shared: dict[str, SharedLayer], dense: dict[str, torch.Tensor],
+                 gap_bits: dict[str, int] | int = 5) -> int:
+    """Write shared layers (Huffman-coded indices and gaps) and other tensors (raw fp32) to one checksummed
+    file, atomically; returns its size in bytes."""
+    header: dict = {"layers": [], "dense": []}
+    payload = bytearray()
+    for name, layer in shared.items():
+        bits = gap_bits if isinstance(gap_bits, int) else gap_bits[name]
+        gaps, values = to_gaps(layer.indices, bits)
+        _, index_lengths, index_stream = _pack_section(len(layer.codebook), values)
+        _, gap_lengths, gap_stream = _pack_section(1 << bits, gaps)
+        sections = [layer.codebook.float().numpy().tobytes(), bytes(index_lengths), bytes(gap_lengths),
+                    index_stream, gap_stream]
+        header["layers"].append({"name": name, "shape": list(layer.indices.shape), "clusters": len(layer.codebook),
+                                 "gap_bits": bits, "entries": len(values),
+                                 "sections": [len(s) for s in sections]})
+        payload += b"".join(sections)
+    for name, tensor in dense.items():
+        raw = tensor.detach().cpu().float().contiguous().numpy().tobytes()
+        header["dense"].append({"name": name, "shape": list(tensor.shape), "bytes": len(raw)})
+        payload += raw
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    digest = hashlib.sha256(header_bytes + payload).digest()
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(_PREAMBLE.pack(MAGIC, VERSION, len(header_bytes), len(payload), digest)
+                              + header_bytes + payload)
+    return Path(path).stat().st_size
+
+
+def decode_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a file written by :func:`encode_model`: every tensor by name (shared weights rebuilt dense) and the
+    header. Truncated, altered, foreign or newer files raise :class:`CorruptFileError` that says which."""
+    data = Path(path).read_bytes()
+    if len(data) < _PREAMBLE.size:
+        raise CorruptFileError(f"{path} is too short to be a compressed model ({len(data)} bytes)")
+    magic, version, header_length, payload_length, digest = _PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptFileError(f"{path} is not a compressed model file (magic {magic!r}, expected {MAGIC!r})")
+    if version != VERSION:
+        raise CorruptFileError(f"{path} has format version {version}; this course_lib reads version {VERSION}")
+    body = data[_PREAMBLE.size:]
+    if len(body) != header_length + payload_length:
+        raise CorruptFileError(f"{path} is truncated or padded: {len(body)} bytes after the preamble, expected "
+                               f"{header_length + payload_length}; write it again")
+    if hashlib.sha256(body).digest() != digest:
+        raise CorruptFileError(f"{path} fails its SHA-256 checksum: the file was altered or damaged; write it again")
+    header = json.loads(body[:header_length])
+    payload, offset, tensors = body[header_length:], 0, {}
+    for layer in header["layers"]:
+        parts = []
+        for size in layer["sections"]:
+            parts.append(payload[offset:offset + size])
+            offset += size
+        codebook = torch.from_numpy(np.frombuffer(parts[0], dtype="<f4").copy())
+        values = huffman_decode(parts[3], list(parts[1]), layer["entries"])
+        gaps = huffman_decode(parts[4], list(parts[2]), layer["entries"])
+        indices = from_gaps(gaps, values, math.prod(layer["shape"]))
+        tensors[layer["name"]] = codebook[indices].reshape(layer["shape"])
+    for entry in header["dense"]:
+        raw = payload[offset:offset + entry["bytes"]]
+        offset += entry["bytes"]
+        tensors[entry["name"]] = torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy()).reshape(entry["shape"])
+    return tensors, header
+
+
+def load_model(path: str | os.PathLike, skeleton: nn.Module) -> nn.Module:
+    """Decode a compressed file into ``skeleton`` (a model of the right architecture), strictly, in eval mode."""
+    tensors, _ = decode_model(path)
+    skeleton.load_state_dict(tensors, strict=True)
+    return skeleton.eval()
