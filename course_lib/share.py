@@ -78,7 +78,8 @@ def initial_centroids(values: torch.Tensor, clusters: int, init: Init = "linear"
 def kmeans_1d(values: torch.Tensor, clusters: int, init: Init = "linear", seed: int = 0,
               max_iter: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster scalar weights with scikit-learn's KMeans from the chosen initialisation; returns the centroids
-    (sorted, fp32) and each value's cluster label (int64)."""
+    (sorted, fp32) and each value's cluster label (int64). Starting centroids that coincide (possible only when
+    the values repeat) are merged, so fewer than ``clusters`` centroids can come back: never more."""
     from sklearn.cluster import KMeans
 
     values = values.detach().flatten().float()
