@@ -402,13 +402,16 @@ def allocate_sparsities(sparsities: list[float], curves: dict[str, list[float]],
             chosen[name] = float(grid[allowed.max()]) if len(allowed) else 0.0
         return chosen
 
+    def overall(tolerance: float) -> float:
+        return sum(s * sizes[n] for n, s in allocation(tolerance).items()) / total
+
     low, high = 0.0, 1.0
-    if sum(s * sizes[n] for n, s in allocation(high).items()) / total < target:
+    if overall(high) < target:
         raise ValueError(f"the curves reach at most {max(sparsities)} sparsity per layer: cannot remove {target} "
                          "of the weights; measure the curves at higher sparsities")
     for _ in range(40):
         middle = (low + high) / 2
-        if sum(s * sizes[n] for n, s in allocation(middle).items()) / total >= target:
+        if overall(middle) >= target:
             high = middle
         else:
             low = middle
@@ -425,7 +428,7 @@ def remove_conv_block(model: nn.Module, conv_name: str) -> nn.Module:
         raise ValueError(f"{conv_name!r} is not a convolution of features")
     if conv.in_channels != conv.out_channels or conv.stride != (1, 1):
         raise ValueError(f"cannot drop {conv_name}: it changes the shape ({conv.in_channels} → {conv.out_channels} "
-                         "channels, stride {conv.stride}); only shape-preserving layers can be removed")
+                         f"channels, stride {conv.stride}); only shape-preserving layers can be removed")
     pruned.features[index] = nn.Identity()
     for following in range(index + 1, min(index + 3, len(pruned.features))):
         if isinstance(pruned.features[following], (nn.BatchNorm2d, nn.ReLU)):

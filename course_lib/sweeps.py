@@ -18,7 +18,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import prune as P
-
 from .data import DATA_DIR, load_fashion_mnist
 from .io import atomic_path
 from .models import load_reference
@@ -59,6 +58,7 @@ PRUNING_SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
 PRUNING_RETRAIN = dict(P.RETRAIN_RECIPE, progress=False)
 SCHEDULE_TARGET, SCHEDULE_EPOCHS = 0.97, 8
 OBD_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97)
+HUTCHINSON_BATCHES, HUTCHINSON_SAMPLES, HUTCHINSON_BATCH_SIZE = 20, 8, 500
 LOTTERY_KEPT = (0.2, 0.1, 0.03)
 CNN_CONVS = ("features.0", "features.3", "features.7", "features.10", "features.14", "features.17")
 GRANULARITY_SPARSITIES = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8)
@@ -111,8 +111,9 @@ def _lenet_pruning(progress: bool) -> dict:
     bar.update()
 
     train = load_fashion_mnist("train")
-    batches = [(train.images[i:i + 500], train.labels[i:i + 500]) for i in range(0, 10_000, 500)]
-    hessian = P.hutchinson_hessian_diagonal(dense, nn.functional.cross_entropy, batches, samples=8)
+    batches = [(train.images[i:i + HUTCHINSON_BATCH_SIZE], train.labels[i:i + HUTCHINSON_BATCH_SIZE])
+               for i in range(0, HUTCHINSON_BATCHES * HUTCHINSON_BATCH_SIZE, HUTCHINSON_BATCH_SIZE)]
+    hessian = P.hutchinson_hessian_diagonal(dense, nn.functional.cross_entropy, batches, samples=HUTCHINSON_SAMPLES)
     obd_scores = P.obd_saliency(dense, hessian)
     magnitude_scores = {name: layer.weight.detach().abs() for name, layer in P.prunable_layers(dense).items()}
     obd = {f"{method}/{stage}": [] for method in ("magnitude", "obd") for stage in ("pruned", "retrained")}
@@ -138,8 +139,8 @@ def _lenet_pruning(progress: bool) -> dict:
                                                 "iterative_steps": list(steps), "gradual_steps": schedule,
                                                 "accuracy": schedules},
             "sensitivity": {name: [round(a, 4) for a in curve] for name, curve in sensitivity.items()},
-            "allocation": allocation, "obd": {"sparsities": list(OBD_SPARSITIES), "hutchinson_batches": 20,
-                                              "hutchinson_samples": 8, "accuracy": obd},
+            "allocation": allocation, "obd": {"sparsities": list(OBD_SPARSITIES), "hutchinson_batches": HUTCHINSON_BATCHES,
+                                              "hutchinson_samples": HUTCHINSON_SAMPLES, "accuracy": obd},
             "lottery": lottery}
 
 
