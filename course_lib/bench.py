@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from course_lib import deep_compression
 from course_lib.data import Dataset, load_fashion_mnist, load_lee_background, load_lee_corpus
 from course_lib.dataflow import measure_machine
 from course_lib.measure import LatencyStats, compare_latency, count_parameters, save_state_dict, serialized_bytes
@@ -33,6 +34,7 @@ from course_lib.prune import (RETRAIN_RECIPE, l1_filter_selection, load_sparse, 
 from course_lib.quantize import (compile_for_cpu, linear_input_absmax, load_dynamic_int8, load_int8, quantize_dynamic,
                                  quantize_static, save_dynamic_int8, save_int8)
 from course_lib.runtime import Runtime, setup
+from course_lib.share import load_model
 from course_lib.train import evaluate, fine_tune
 
 TOPICS = ("baseline", "dataflow", "quantization", "pruning", "sharing", "distillation", "decomposition",
@@ -299,8 +301,39 @@ def pruning(rt: Runtime) -> list[Row]:
         return [_magnitude_pruned_row(rt, Path(folder)), _filter_pruned_row(rt, Path(folder))]
 
 
+def _load_dense(path: Path, skeleton: nn.Module) -> nn.Module:
+    skeleton.load_state_dict(load_file(str(path)))
+    return skeleton.eval()
+
+
+def _stage_models(result: deep_compression.Result, device: torch.device) -> dict[str, nn.Module]:
+    """Every stage's model, reloaded from its file (all compute with dense weights once decoded)."""
+    name = result.model_name
+    loaders = {"fp32": _load_dense, "pruned": load_sparse, "pruned-shared": load_model, "deep-compression": load_model}
+    return {s.name: loaders[s.name](s.path, build_model(name)).to(device) for s in result.stages}
+
+
+def sharing(rt: Runtime) -> list[Row]:
+    """Deep Compression of LeNet-300-100 and LeNet-5: one row per stage after the dense one (pruned,
+    pruned-shared, deep-compression) with the bytes of its real file and the accuracy of the model decoded from
+    it; latency at batch 64 of the decoded model against the fp32 reference (decoded weights are dense)."""
+    rows = []
+    x = load_fashion_mnist("test").images[:64].to(rt.device)
+    with tempfile.TemporaryDirectory() as folder:
+        for name in ("lenet_300_100", "lenet5"):
+            result = deep_compression.run(name, folder, device=rt.device)
+            latency = compare_latency(_stage_models(result, rt.device), (x,), rounds=15)
+            dense = result.stage("fp32")
+            for stage in result.stages[1:]:
+                row = make_row(rt, "sharing", name, stage.name, 64, "accuracy", stage.accuracy, dense.accuracy,
+                               stage.size_bytes, dense.size_bytes, latency[stage.name], latency["fp32"])
+                rows.append(dataclasses.replace(row, kept_fraction=stage.kept_fraction))
+    return rows
+
+
 IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline, "dataflow": dataflow,
-                                                         "quantization": quantization, "pruning": pruning}
+                                                         "quantization": quantization, "pruning": pruning,
+                                                         "sharing": sharing}
 
 
 def format_table(rows: list[Row]) -> str:

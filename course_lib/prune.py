@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import prune as torch_prune
+from tqdm.auto import tqdm
 
 from .io import atomic_path
 from .train import evaluate, fine_tune
@@ -352,21 +353,36 @@ def l1_filter_selection(model: nn.Module, keep_fraction: float) -> dict[str, tor
     return selection
 
 
-def gradual_prune(model: nn.Module, final_sparsity: float, epochs: int, pruning_epochs: int,
+def layer_magnitude_masks(model: nn.Module, sparsities: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Magnitude masks with a sparsity of its own for each named layer (e.g. from :func:`allocate_sparsities`)."""
+    masks = {}
+    for name, sparsity in sparsities.items():
+        masks.update(magnitude_masks(model, sparsity, "layer", names=[name]))
+    return masks
+
+
+def gradual_prune(model: nn.Module, final_sparsity: float | dict[str, float], epochs: int, pruning_epochs: int,
                   scope: Scope = "global", **train_kwargs) -> list[float]:
     """Zhu & Gupta's gradual pruning, one step per epoch: before epoch ``e`` prune (by magnitude) to the cubic
     schedule's sparsity at ``min(e + 1, pruning_epochs)``, then train one epoch with the masks held; the last
-    ``epochs - pruning_epochs`` epochs only retrain. Returns the sparsity used in each epoch."""
-    check_sparsity(final_sparsity)
+    ``epochs - pruning_epochs`` epochs only retrain. ``final_sparsity`` is one fraction (ranked by ``scope``) or
+    one per layer name. Returns the overall sparsity of the pruned layers in each epoch."""
+    targets = final_sparsity if isinstance(final_sparsity, dict) else None
+    if targets is None:
+        check_sparsity(final_sparsity)
     if not 1 <= pruning_epochs <= epochs:
         raise ValueError(f"need 1 <= pruning_epochs <= epochs, got pruning_epochs={pruning_epochs}, epochs={epochs}")
-    seed = train_kwargs.pop("seed", 0)
+    seed, progress = train_kwargs.pop("seed", 0), train_kwargs.pop("progress", True)
     used = []
-    for epoch in range(epochs):
-        sparsity = cubic_schedule(min(epoch + 1, pruning_epochs), pruning_epochs, final_sparsity)
-        apply_masks(model, magnitude_masks(model, sparsity, scope))
-        fine_tune(model, epochs=1, evaluate_every_epoch=False, seed=seed + epoch, **train_kwargs)
-        used.append(sparsity)
+    for epoch in tqdm(range(epochs), desc="gradual pruning (epochs)", disable=not progress):
+        step = min(epoch + 1, pruning_epochs)
+        if targets is None:
+            apply_masks(model, magnitude_masks(model, cubic_schedule(step, pruning_epochs, final_sparsity), scope))
+        else:
+            apply_masks(model, layer_magnitude_masks(
+                model, {name: cubic_schedule(step, pruning_epochs, s) for name, s in targets.items()}))
+        fine_tune(model, epochs=1, evaluate_every_epoch=False, seed=seed + epoch, progress=False, **train_kwargs)
+        used.append(sparsity_of(model, targets))
     return used
 
 

@@ -10,12 +10,17 @@ File format (little-endian), version 1::
     magic b"DCMP" | version u16 | header_length u32 | payload_length u64 | sha256(header + payload) (32 bytes)
     header: UTF-8 JSON {"layers": [...], "dense": [...]} describing every section of the payload, in order
     payload: per shared layer: codebook (fp32 × clusters), index code lengths (u8 × clusters),
-             gap code lengths (u8 × 2^gap_bits), Huffman bitstream of the cluster indices, Huffman bitstream of the
-             gaps; then every other tensor (biases, batch-norm statistics) raw, as fp32.
+             gap code lengths (u8 × 2^gap_bits; none when gap_bits is 0), prefix-code bitstream of the cluster
+             indices, prefix-code bitstream of the gaps; then every other tensor (biases, batch-norm
+             statistics) raw, as the fp32 or fp16 its header entry names.
+
+Code lengths define canonical prefix codes: Huffman codes, or one fixed width for every used symbol (what plain
+bit packing costs, to measure what Huffman coding buys).
 
 A sparse layer is stored as a stream of (gap, cluster index) pairs over its flattened weight: the gap to the next
 nonzero, minus one, fits in ``gap_bits`` bits; a longer gap inserts a filler entry whose index 0 decodes to 0.0
-(Han et al.'s relative indexing). Index 0 of every codebook is reserved for zero.
+(Han et al.'s relative indexing); with ``gap_bits`` 0 every position is stored and there are no gaps. Index 0 of
+every codebook is reserved for zero.
 """
 
 from __future__ import annotations
@@ -38,11 +43,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .io import atomic_path
+from .prune import prunable_layers
+from .train import fine_tune
 
 MAGIC, VERSION = b"DCMP", 1
+MAX_BITS = 8
+CODEBOOK_RECIPE = dict(lr=1e-3, optimizer="adam", weight_decay=0.0)  # fine_tune settings for codebook fine-tuning
 _PREAMBLE = struct.Struct("<4sHIQ32s")
 Init = Literal["linear", "random", "density"]
 INITS: tuple[str, ...] = ("linear", "random", "density")
+_DTYPES = {torch.float32: "float32", torch.float16: "float16"}
 
 
 class CorruptFileError(ValueError):
@@ -83,6 +93,9 @@ def kmeans_1d(values: torch.Tensor, clusters: int, init: Init = "linear", seed: 
     from sklearn.cluster import KMeans
 
     values = values.detach().flatten().float()
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("cannot cluster weights that contain NaN or infinity: the model diverged in training; "
+                         "retrain it with a lower learning rate")
     start = initial_centroids(values, clusters, init, seed)
     start = torch.unique(start)  # identical starting centroids would make empty clusters
     model = KMeans(n_clusters=len(start), init=start.numpy()[:, None].astype(np.float64), n_init=1,
@@ -170,28 +183,33 @@ def entropy_bits(frequencies: Sequence[int]) -> float:
 def to_gaps(indices: torch.Tensor, gap_bits: int) -> tuple[list[int], list[int]]:
     """Relative indexing of a flattened layer whose entries are cluster indices (0 = pruned): returns the gap
     stream (distance to the next stored entry, minus one, each < 2^gap_bits) and the index stream, with filler
-    entries (index 0) wherever a gap is too long."""
-    if not 1 <= gap_bits <= 16:
-        raise ValueError(f"gap_bits must be from 1 to 16, got {gap_bits}")
-    flat = indices.flatten()
-    positions = flat.nonzero().flatten().tolist()
+    entries (index 0) wherever a gap is too long. ``gap_bits=0`` stores every position (no gap stream)."""
+    if not 0 <= gap_bits <= 16:
+        raise ValueError(f"gap_bits must be from 0 (store every position) to 16, got {gap_bits}")
+    flat = indices.flatten().cpu().numpy()
+    if gap_bits == 0:
+        return [], flat.tolist()
+    positions = flat.nonzero()[0]
     limit = 1 << gap_bits
-    gaps, values, previous = [], [], -1
-    for position in positions:
-        while position - previous > limit:
-            previous += limit
-            gaps.append(limit - 1)
-            values.append(0)
-        gaps.append(position - previous - 1)
-        values.append(int(flat[position]))
-        previous = position
-    return gaps, values
+    distances = np.diff(positions, prepend=-1)
+    fillers = (distances - 1) // limit
+    last = np.cumsum(fillers + 1) - 1  # where each stored entry lands in the stream, after its fillers
+    gaps = np.full(int(last[-1]) + 1 if len(last) else 0, limit - 1, dtype=np.int64)
+    values = np.zeros_like(gaps)
+    gaps[last] = distances - fillers * limit - 1
+    values[last] = flat[positions]
+    return gaps.tolist(), values.tolist()
 
 
 def from_gaps(gaps: Sequence[int], values: Sequence[int], numel: int) -> torch.Tensor:
-    """Invert :func:`to_gaps`: the flattened index tensor (int64, 0 where pruned)."""
+    """Invert :func:`to_gaps`: the flattened index tensor (int64, 0 where pruned). With no gaps, ``values``
+    holds every position."""
+    if not len(gaps):
+        if len(values) not in (0, numel):
+            raise CorruptFileError(f"{len(values)} stored entries without positions for a layer of {numel} weights")
+        return torch.as_tensor(list(values), dtype=torch.long) if len(values) else torch.zeros(numel, dtype=torch.long)
     positions = np.cumsum(np.asarray(gaps, dtype=np.int64) + 1) - 1
-    if len(positions) and positions[-1] >= numel:
+    if positions[-1] >= numel:
         raise CorruptFileError(f"a position ({positions[-1]}) lies outside a layer of {numel} weights")
     flat = torch.zeros(numel, dtype=torch.long)
     flat[torch.from_numpy(positions)] = torch.as_tensor(list(values), dtype=torch.long)
@@ -266,36 +284,121 @@ def shared_layers(model: nn.Module) -> dict[str, SharedLayer]:
     return result
 
 
+def check_bits(bits: int) -> int:
+    """``bits`` if it is a whole number from 1 to 8 (the index widths weight sharing supports), else a clear error."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be a whole number from 1 to {MAX_BITS} (2**bits shared values), got {bits!r}")
+    return bits
+
+
+def share_model(model: nn.Module, bits: int | dict[str, int], init: Init = "linear") -> dict[str, SharedLayer]:
+    """Cluster every Linear/Conv2d weight (or only the layers named in ``bits``) so that its indices fit in
+    ``bits`` bits: ``2**bits`` shared values, one of which is the zero of a pruned layer."""
+    layers = prunable_layers(model, bits if isinstance(bits, dict) else None)
+    shared = {}
+    for name, layer in layers.items():
+        width = check_bits(bits[name] if isinstance(bits, dict) else bits)
+        weight = layer.weight.detach()
+        nonzeros = int(weight.count_nonzero())
+        clusters = min((1 << width) - int(nonzeros < weight.numel()), nonzeros)
+        shared[f"{name}.weight"] = share_weight(weight, clusters, init)
+    return shared
+
+
+def use_shared_weights(model: nn.Module, shared: dict[str, SharedLayer]) -> nn.Module:
+    """Overwrite the named weights with their shared versions (``codebook[indices]``), in place."""
+    with torch.no_grad():
+        for name, layer in shared.items():
+            weight = model.get_parameter(name)
+            weight.copy_(layer.weight().to(weight))
+    return model
+
+
+def fine_tune_codebooks(model: nn.Module, shared: dict[str, SharedLayer], epochs: int = 1,
+                        **train_kwargs) -> dict[str, SharedLayer]:
+    """Han et al.'s codebook fine-tuning, in place: train only the shared values (and the other parameters,
+    such as biases) with the assignments fixed; returns the trained codebooks, and leaves ``model`` with plain
+    weights equal to them. ``train_kwargs`` go to :func:`course_lib.train.fine_tune`."""
+    attach_codebooks(model, shared)
+    fine_tune(model, epochs=epochs, evaluate_every_epoch=False, **train_kwargs)
+    trained = shared_layers(model)
+    modules = dict(model.named_modules())
+    for name in shared:
+        parametrize.remove_parametrizations(modules[name.removesuffix(".weight")], "weight", leave_parametrized=True)
+    return trained
+
+
+def save_shared(model: nn.Module, shared: dict[str, SharedLayer], path: str | os.PathLike, **encode_kwargs) -> int:
+    """Encode a weight-shared model: its shared layers plus every other tensor of its state dict
+    (:func:`encode_model` keyword arguments); returns the file's bytes."""
+    dense = {key: value for key, value in model.state_dict().items() if key not in shared}
+    return encode_model(path, shared, dense, **encode_kwargs)
+
+
 # ------------------------------------------------------------------------------------------------- the file
-def _pack_section(bits: int, values: Sequence[int]) -> tuple[list[int], list[int], bytes]:
+def _code_lengths(alphabet: int, values: Sequence[int], huffman: bool) -> list[int]:
+    """Huffman code lengths for the symbols ``0 … alphabet-1`` as counted in ``values``; with ``huffman=False``
+    the same fixed width for every used symbol (``ceil(log2(used symbols))`` bits, what plain packing needs)."""
     frequencies = Counter(values)
-    counts = [frequencies.get(symbol, 0) for symbol in range(bits)]
-    lengths = huffman_code_lengths(counts)
+    counts = [frequencies.get(symbol, 0) for symbol in range(alphabet)]
+    if huffman:
+        lengths = huffman_code_lengths(counts)
+    else:
+        width = max(1, math.ceil(math.log2(max(1, sum(1 for c in counts if c)))))
+        lengths = [width if c else 0 for c in counts]
     if max(lengths, default=0) > 255:
         raise ValueError("a Huffman code is longer than 255 bits")
-    return counts, lengths, huffman_encode(values, lengths)
+    return lengths
+
+
+def _coded_bytes(alphabet: int, values: Sequence[int], huffman: bool) -> int:
+    """Bytes of one coded stream plus its table of code lengths (one byte per symbol)."""
+    lengths = _code_lengths(alphabet, values, huffman)
+    counts = Counter(values)
+    return alphabet + math.ceil(sum(lengths[symbol] * count for symbol, count in counts.items()) / 8)
+
+
+def layer_bytes(layer: SharedLayer, gap_bits: int, huffman: bool = True) -> int:
+    """Bytes the file spends on one shared layer's codebook, code tables and streams (header excluded)."""
+    gaps, values = to_gaps(layer.indices, gap_bits)
+    gap_stream = _coded_bytes(1 << gap_bits, gaps, huffman) if gap_bits else 0
+    return 4 * len(layer.codebook) + _coded_bytes(len(layer.codebook), values, huffman) + gap_stream
+
+
+def best_gap_bits(layer: SharedLayer, huffman: bool = True, candidates: Iterable[int] = range(13)) -> int:
+    """The gap width (0 = store every position) that makes this layer's part of the file smallest."""
+    return min(candidates, key=lambda bits: layer_bytes(layer, bits, huffman))
 
 
 def encode_model(path: str | os.PathLike, shared: dict[str, SharedLayer], dense: dict[str, torch.Tensor],
-                 gap_bits: dict[str, int] | int = 5) -> int:
-    """Write shared layers (Huffman-coded indices and gaps) and other tensors (raw fp32) to one checksummed
-    file, atomically; returns its size in bytes."""
+                 gap_bits: dict[str, int] | int | None = None, huffman: bool = True,
+                 dense_dtype: torch.dtype = torch.float32) -> int:
+    """Write shared layers and other tensors to one checksummed file, atomically; return its size in bytes.
+
+    Indices and gaps are Huffman-coded (``huffman=False``: packed at a fixed width, to measure what Huffman
+    buys). ``gap_bits`` per layer, for all, or ``None`` to choose each layer's best (:func:`best_gap_bits`).
+    Other tensors (biases, batch-norm statistics) are stored raw as ``dense_dtype`` (float32 or float16)."""
+    if dense_dtype not in _DTYPES:
+        raise ValueError(f"dense_dtype must be one of {', '.join(map(str, _DTYPES))}, got {dense_dtype}")
     header: dict = {"layers": [], "dense": []}
     payload = bytearray()
     for name, layer in shared.items():
-        bits = gap_bits if isinstance(gap_bits, int) else gap_bits[name]
+        if gap_bits is None:
+            bits = best_gap_bits(layer, huffman)
+        else:
+            bits = gap_bits if isinstance(gap_bits, int) else gap_bits[name]
         gaps, values = to_gaps(layer.indices, bits)
-        _, index_lengths, index_stream = _pack_section(len(layer.codebook), values)
-        _, gap_lengths, gap_stream = _pack_section(1 << bits, gaps)
+        index_lengths = _code_lengths(len(layer.codebook), values, huffman)
+        gap_lengths = _code_lengths(1 << bits, gaps, huffman) if bits else []
         sections = [layer.codebook.float().numpy().tobytes(), bytes(index_lengths), bytes(gap_lengths),
-                    index_stream, gap_stream]
+                    huffman_encode(values, index_lengths), huffman_encode(gaps, gap_lengths) if bits else b""]
         header["layers"].append({"name": name, "shape": list(layer.indices.shape), "clusters": len(layer.codebook),
-                                 "gap_bits": bits, "entries": len(values),
-                                 "sections": [len(s) for s in sections]})
+                                 "gap_bits": bits, "entries": len(values), "sections": [len(s) for s in sections]})
         payload += b"".join(sections)
     for name, tensor in dense.items():
-        raw = tensor.detach().cpu().float().contiguous().numpy().tobytes()
-        header["dense"].append({"name": name, "shape": list(tensor.shape), "bytes": len(raw)})
+        raw = tensor.detach().cpu().to(dense_dtype).contiguous().numpy().tobytes()
+        header["dense"].append({"name": name, "shape": list(tensor.shape), "dtype": _DTYPES[dense_dtype],
+                                "bytes": len(raw)})
         payload += raw
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     digest = hashlib.sha256(header_bytes + payload).digest()
@@ -331,13 +434,14 @@ def decode_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             offset += size
         codebook = torch.from_numpy(np.frombuffer(parts[0], dtype="<f4").copy())
         values = huffman_decode(parts[3], list(parts[1]), layer["entries"])
-        gaps = huffman_decode(parts[4], list(parts[2]), layer["entries"])
+        gaps = huffman_decode(parts[4], list(parts[2]), layer["entries"]) if layer["gap_bits"] else []
         indices = from_gaps(gaps, values, math.prod(layer["shape"]))
         tensors[layer["name"]] = codebook[indices].reshape(layer["shape"])
     for entry in header["dense"]:
         raw = payload[offset:offset + entry["bytes"]]
         offset += entry["bytes"]
-        tensors[entry["name"]] = torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy()).reshape(entry["shape"])
+        array = np.frombuffer(raw, dtype="<f2" if entry["dtype"] == "float16" else "<f4")
+        tensors[entry["name"]] = torch.from_numpy(array.astype(np.float32)).reshape(entry["shape"])
     return tensors, header
 
 

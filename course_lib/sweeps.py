@@ -10,6 +10,7 @@ import argparse
 import copy
 import json
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import prune as P
+from . import share as S
 from .data import DATA_DIR, load_fashion_mnist
 from .io import atomic_path
 from .models import load_reference
@@ -176,7 +178,57 @@ def pruning(progress: bool = True) -> dict:
             "course_cnn": _cnn_granularity(progress)}
 
 
-SWEEPS: dict[str, Callable[..., dict]] = {"quantization": quantization, "pruning": pruning}
+SHARING_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
+LAYER_TYPES = {"conv": ("conv1", "conv2"), "fc": ("fc1", "fc2")}  # LeNet-5's layers of each kind
+WIDGET_CLUSTERS = (2, 4, 8, 16, 32, 64)
+INIT_CLUSTERS = (2, 4, 8, 16, 32)
+
+
+def shared_accuracy(model_name: str, clusters: dict[str, int], init: S.Init = "linear") -> float:
+    """Accuracy of a reference model with the named layers' weights shared (k-means, no fine-tuning)."""
+    model = load_reference(model_name)
+    layers = P.prunable_layers(model, clusters)
+    shared = {f"{n}.weight": S.share_weight(layer.weight, clusters[n], init) for n, layer in layers.items()}
+    return evaluate(S.use_shared_weights(model, shared))
+
+
+def _bits_by_layer_type(progress: bool) -> dict:
+    """LeNet-5: only its conv (or only its fc) layers shared at 1-8 bits, before and after codebook fine-tuning."""
+    table = {}
+    configs = [(kind, bits) for kind in LAYER_TYPES for bits in SHARING_BITS]
+    for kind, bits in tqdm(configs, desc="bits by layer type", disable=not progress):
+        model = load_reference("lenet5")
+        shared = S.share_model(model, {name: bits for name in LAYER_TYPES[kind]})
+        shared_only = evaluate(S.use_shared_weights(copy.deepcopy(model), shared))
+        S.fine_tune_codebooks(model, shared, epochs=1, progress=False, **S.CODEBOOK_RECIPE)
+        table[f"{kind}/{bits}"] = {"shared": round(shared_only, 4), "fine_tuned": round(evaluate(model), 4)}
+    return table
+
+
+def sharing(progress: bool = True) -> dict:
+    """Weight sharing: clusters per layer (LeNet-300-100, the widget), initialisations, bits by layer type
+    (LeNet-5), and every Deep Compression stage of both LeNets (sizes of the real files, reloaded accuracy)."""
+    from . import deep_compression as D
+
+    layers = ("fc1", "fc2", "fc3")
+    per_layer = {f"{n}/{k}": round(shared_accuracy("lenet_300_100", {n: k}), 4)
+                 for n in tqdm(layers, desc="clusters per layer", disable=not progress) for k in WIDGET_CLUSTERS}
+    inits = {f"{init}/{k}": round(shared_accuracy("lenet_300_100", dict.fromkeys(layers, k), init), 4)
+             for init in S.INITS for k in INIT_CLUSTERS}
+    stages = {}
+    for name in tqdm(D.RECIPES, desc="deep compression", disable=not progress):
+        with tempfile.TemporaryDirectory() as folder:
+            stages[name] = [{"stage": s.name, "size_bytes": s.size_bytes, "accuracy": round(s.accuracy, 4),
+                             "kept_fraction": s.kept_fraction} for s in D.run(name, folder).stages]
+    return {"dataset": "fashion-mnist test (10,000 images)",
+            "lenet_300_100": {"baseline_accuracy": round(evaluate(load_reference("lenet_300_100")), 4),
+                              "clusters_per_layer": per_layer, "inits": inits},
+            "lenet5": {"baseline_accuracy": round(evaluate(load_reference("lenet5")), 4),
+                       "bits_by_layer_type": _bits_by_layer_type(progress)},
+            "deep_compression": stages}
+
+
+SWEEPS: dict[str, Callable[..., dict]] = {"quantization": quantization, "pruning": pruning, "sharing": sharing}
 
 
 def results_path(name: str) -> Path:

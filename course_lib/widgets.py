@@ -14,6 +14,7 @@ from course_lib.dataflow import LayerStats, Machine, attainable_gflops
 from course_lib.plots import PALETTE, draw_roofline
 from course_lib.prune import structured_masks
 from course_lib.quantize import binarize, compute_qparams, dequantize, quantize
+from course_lib.share import kmeans_1d
 from course_lib.sweeps import weight_quantization_key
 
 
@@ -243,3 +244,45 @@ def pruning_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
         control.observe(update, names="value")
     update()
     return widgets.VBox([widgets.HBox([layer, sparsity]), granularity, text, plot])
+
+
+def draw_shared_weights(fig: plt.Figure, weight: torch.Tensor, clusters: int, title: str = "") -> torch.Tensor:
+    """Histogram of a layer's weights with the ``clusters`` k-means centroids (linear initialisation) drawn over
+    it; returns the centroids."""
+    values = weight.detach().flatten().float()
+    centroids, labels = kmeans_1d(values, clusters, "linear")
+    error = float(((centroids[labels] - values) ** 2).mean() / values.var())
+    fig.clear()
+    ax = fig.add_subplot()
+    ax.hist(values.numpy(), bins=150, color=PALETTE[0], alpha=0.8)
+    for centroid in centroids.tolist():
+        ax.axvline(centroid, color=PALETTE[1], linewidth=0.8)
+    ax.set(xlabel="weight value", ylabel="count (log scale)", yscale="log",
+           title=f"{title}{clusters} shared values (orange): squared error {error:.2%} of the weights' variance")
+    return centroids
+
+
+def sharing_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
+    """Pick a layer and a number of clusters: see its weight histogram with the k-means centroids, and the test
+    accuracy with only that layer shared (no fine-tuning; from the cached sweep ``results``)."""
+    layers = sorted({key.split("/")[0] for key in results["clusters_per_layer"]})
+    counts = sorted({int(key.split("/")[1]) for key in results["clusters_per_layer"]})
+    layer = widgets.Dropdown(options=layers, description="layer")
+    clusters = widgets.SelectionSlider(options=counts, value=counts[len(counts) // 2], description="clusters",
+                                       continuous_update=False)
+    text = widgets.HTML()
+    plot, fig = _figure_output((7.5, 3.5))
+
+    def update(change: dict | None = None) -> None:
+        weight = model.get_submodule(layer.value).weight
+        draw_shared_weights(fig, weight, clusters.value, f"{layer.value}: ")
+        accuracy = results["clusters_per_layer"][f"{layer.value}/{clusters.value}"]
+        text.value = (f"<pre>only {layer.value} shared ({clusters.value} values, {max(1, (clusters.value - 1).bit_length())}"
+                      f"-bit indices), no fine-tuning: test accuracy {accuracy:.2%} "
+                      f"(fp32 {results['baseline_accuracy']:.2%})</pre>")
+        _show(plot, fig)
+
+    for control in (layer, clusters):
+        control.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([layer, clusters]), text, plot])

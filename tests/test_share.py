@@ -30,21 +30,67 @@ def test_canonical_codes_are_prefix_free():
     assert 6 not in codes, "an unused symbol gets no code"
 
 
-@settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 30), cols=st.integers(1, 60), density=st.floats(0.0, 1.0), gap_bits=st.integers(1, 8),
-       clusters=st.integers(1, 15), seed=st.integers(0, 1000))
+@settings(max_examples=50, deadline=None)
+@given(rows=st.integers(1, 30), cols=st.integers(1, 60), density=st.floats(0.0, 1.0), gap_bits=st.integers(0, 8),
+       clusters=st.integers(1, 15), seed=st.integers(0, 1000), huffman=st.booleans(), half=st.booleans())
 def test_random_sparse_layers_round_trip_through_the_file(tmp_path_factory, rows, cols, density, gap_bits, clusters,
-                                                          seed):
+                                                          seed, huffman, half):
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randint(1, clusters + 1, (rows, cols), generator=generator)
     indices[torch.rand(rows, cols, generator=generator) >= density] = 0
     layer = S.SharedLayer(torch.cat([torch.zeros(1), torch.randn(clusters, generator=generator)]), indices)
     bias = torch.randn(rows, generator=generator)
     path = tmp_path_factory.mktemp("file") / "model.dcmp"
-    size = S.encode_model(path, {"fc.weight": layer}, {"fc.bias": bias}, gap_bits=gap_bits)
+    size = S.encode_model(path, {"fc.weight": layer}, {"fc.bias": bias}, gap_bits=gap_bits, huffman=huffman,
+                          dense_dtype=torch.float16 if half else torch.float32)
     tensors, header = S.decode_model(path)
-    assert torch.equal(tensors["fc.weight"], layer.weight()) and torch.equal(tensors["fc.bias"], bias)
+    assert torch.equal(tensors["fc.weight"], layer.weight())
+    assert torch.equal(tensors["fc.bias"], bias.half().float() if half else bias)
     assert size == path.stat().st_size and header["layers"][0]["gap_bits"] == gap_bits
+
+
+def _naive_gaps(flat: list[int], gap_bits: int) -> tuple[list[int], list[int]]:
+    """Han et al.'s relative indexing written as the plain loop it is."""
+    gaps, values, previous, limit = [], [], -1, 1 << gap_bits
+    for position, value in enumerate(flat):
+        if value:
+            while position - previous > limit:
+                previous += limit
+                gaps.append(limit - 1)
+                values.append(0)
+            gaps.append(position - previous - 1)
+            values.append(value)
+            previous = position
+    return gaps, values
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 3).map(lambda v: v if v < 3 else 0), max_size=300), st.integers(1, 6))
+def test_vectorised_gaps_match_the_plain_loop(flat, gap_bits):
+    assert S.to_gaps(torch.tensor(flat, dtype=torch.long), gap_bits) == _naive_gaps(flat, gap_bits)
+
+
+def test_fixed_width_packing_spends_exactly_the_width_and_huffman_less():
+    generator = torch.Generator().manual_seed(0)
+    indices = torch.randint(1, 16, (200, 100), generator=generator)  # 15 values used: 4 bits each
+    indices[torch.rand(200, 100, generator=generator) < 0.9] = 0
+    layer = S.SharedLayer(torch.cat([torch.zeros(1), torch.randn(15)]), indices)
+    gaps, values = S.to_gaps(indices, 5)
+    fixed = S.layer_bytes(layer, 5, huffman=False)
+    used_gap_symbols = len(set(gaps))
+    expected = 4 * 16 + 16 + math.ceil(4 * len(values) / 8) + 32 + math.ceil(
+        len(gaps) * math.ceil(math.log2(used_gap_symbols)) / 8)
+    assert fixed == expected
+    assert S.layer_bytes(layer, 5, huffman=True) < fixed
+    best = S.best_gap_bits(layer)
+    assert all(S.layer_bytes(layer, best) <= S.layer_bytes(layer, b) for b in range(13))
+
+
+def test_a_dense_shared_layer_stores_no_positions(tmp_path):
+    layer = S.share_weight(torch.randn(30, 20), clusters=16)
+    assert S.best_gap_bits(layer) == 0, "with no zeros, every position is stored: gaps would only waste bits"
+    size = S.encode_model(tmp_path / "dense.dcmp", {"w": layer}, {}, huffman=False)
+    assert size < 30 * 20 * 4 // 8 + 400, "4 bits per weight plus codebook, tables and header"
 
 
 def test_gaps_insert_fillers_for_long_runs_of_zeros():
@@ -74,6 +120,25 @@ def test_damaged_files_are_refused_with_a_clear_error(written, damage, message):
     written.write_bytes(damage(written.read_bytes()))
     with pytest.raises(S.CorruptFileError, match=message):
         S.decode_model(written)
+
+
+def test_share_model_fits_the_indices_in_the_bits_and_fine_tuning_keeps_them():
+    from course_lib.models import build_model
+    from course_lib.prune import apply_masks, magnitude_masks, make_permanent
+
+    torch.manual_seed(0)
+    model = build_model("lenet_300_100")
+    make_permanent(apply_masks(model, magnitude_masks(model, 0.8)))
+    shared = S.share_model(model, {"fc1": 3, "fc2": 2, "fc3": 4})
+    assert {n: len(layer.codebook) for n, layer in shared.items()} == {"fc1.weight": 8, "fc2.weight": 4,
+                                                                      "fc3.weight": 16}
+    trained = S.fine_tune_codebooks(model, shared, epochs=1, lr=1e-3, steps_per_epoch=3, progress=False)
+    for name, layer in trained.items():
+        assert torch.equal(layer.indices, shared[name].indices), "assignments stay fixed"
+        assert not torch.equal(layer.codebook, shared[name].codebook), "the shared values were trained"
+        assert torch.equal(model.get_parameter(name), layer.weight()), "the model is left with plain weights"
+    with pytest.raises(ValueError, match="bits must be a whole number from 1 to 8"):
+        S.share_model(model, 9)
 
 
 def test_clusters_out_of_range_are_refused():

@@ -64,3 +64,27 @@ def test_cached_pruning_entries_match_fresh_measurements():
     kernel = P.apply_masks(copy.deepcopy(cnn), P.structured_masks(cnn, 0.4, "kernel", cached["layers"]))
     assert abs(evaluate(kernel) - cached["granularity_sweep"]["kernel"][j]) < 0.002, \
         "regenerate with: python -m course_lib.sweeps pruning"
+
+
+def test_sharing_cache_is_complete_and_tells_the_lessons():
+    results = sweeps.load_results("sharing")
+    lenet, lenet5 = results["lenet_300_100"], results["lenet5"]
+    assert set(lenet["clusters_per_layer"]) == {f"{n}/{k}" for n in ("fc1", "fc2", "fc3")
+                                                for k in sweeps.WIDGET_CLUSTERS}
+    assert set(lenet["inits"]) == {f"{i}/{k}" for i in ("linear", "random", "density") for k in sweeps.INIT_CLUSTERS}
+    table = lenet5["bits_by_layer_type"]
+    assert set(table) == {f"{kind}/{b}" for kind in ("conv", "fc") for b in sweeps.SHARING_BITS}
+    assert table["fc/1"]["fine_tuned"] > table["fc/1"]["shared"], "fine-tuning lifts the low-bit end"
+    assert table["fc/8"]["shared"] > lenet5["baseline_accuracy"] - 0.003, "8 bits are nearly lossless"
+    for name, stages in results["deep_compression"].items():
+        assert [s["stage"] for s in stages] == ["fp32", "pruned", "pruned-shared", "deep-compression"]
+        sizes = [s["size_bytes"] for s in stages]
+        assert sizes == sorted(sizes, reverse=True)
+        assert stages[2]["accuracy"] == stages[3]["accuracy"], "Huffman coding is lossless"
+
+
+@pytest.mark.parametrize("model_name,clusters,key", [("lenet_300_100", {"fc2": 4}, "fc2/4")])
+def test_cached_sharing_entries_match_fresh_measurements(model_name, clusters, key):
+    cached = sweeps.load_results("sharing")["lenet_300_100"]["clusters_per_layer"][key]
+    assert abs(sweeps.shared_accuracy(model_name, clusters) - cached) < 1e-4, \
+        "regenerate with: python -m course_lib.sweeps sharing"

@@ -167,3 +167,28 @@ def test_draw_pruning_mask_removes_the_requested_fraction_in_whole_groups(granul
     if granularity == "filter":
         assert all(len(set(row.tolist())) == 1 for row in image.reshape(32, -1)), "a filter is one band of rows"
     plt.close(fig)
+
+
+def test_sharing_explorer_follows_its_controls():
+    from course_lib.models import load_reference
+    from course_lib.sweeps import load_results
+    from course_lib.widgets import sharing_explorer
+
+    results = load_results("sharing")["lenet_300_100"]
+    box = sharing_explorer(load_reference("lenet_300_100"), results)
+    (layer, clusters), text = box.children[0].children, box.children[1]
+    layer.value, clusters.value = "fc3", 4
+    assert f"{results['clusters_per_layer']['fc3/4']:.2%}" in text.value and "2-bit indices" in text.value
+    plt.close("all")
+
+
+def test_draw_shared_weights_marks_every_centroid():
+    from course_lib.widgets import draw_shared_weights
+
+    fig = plt.figure()
+    weight = torch.randn(40, 30)
+    centroids = draw_shared_weights(fig, weight, 8)
+    assert len(centroids) == 8 and torch.equal(centroids, centroids.sort().values)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 8 and ax.get_xlabel() == "weight value" and "8 shared values" in ax.get_title()
+    plt.close(fig)
