@@ -316,11 +316,20 @@ def use_shared_weights(model: nn.Module, shared: dict[str, SharedLayer]) -> nn.M
 
 def fine_tune_codebooks(model: nn.Module, shared: dict[str, SharedLayer], epochs: int = 1,
                         **train_kwargs) -> dict[str, SharedLayer]:
-    """Han et al.'s codebook fine-tuning, in place: train only the shared values (and the other parameters,
-    such as biases) with the assignments fixed; returns the trained codebooks, and leaves ``model`` with plain
-    weights equal to them. ``train_kwargs`` go to :func:`course_lib.train.fine_tune`."""
+    """Han et al.'s codebook fine-tuning, in place: train the shared values with the assignments fixed, and the
+    biases and batch-norm parameters; the weights of layers that are not shared stay as they are. Returns the
+    trained codebooks, and leaves ``model`` with plain weights equal to them. ``train_kwargs`` go to
+    :func:`course_lib.train.fine_tune`."""
+    frozen = [layer.weight for name, layer in prunable_layers(model).items()
+              if f"{name}.weight" not in shared and layer.weight.requires_grad]
+    for weight in frozen:
+        weight.requires_grad_(False)
     attach_codebooks(model, shared)
-    fine_tune(model, epochs=epochs, evaluate_every_epoch=False, **train_kwargs)
+    try:
+        fine_tune(model, epochs=epochs, evaluate_every_epoch=False, **train_kwargs)
+    finally:
+        for weight in frozen:
+            weight.requires_grad_(True)
     trained = shared_layers(model)
     modules = dict(model.named_modules())
     for name in shared:

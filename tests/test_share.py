@@ -141,6 +141,19 @@ def test_share_model_fits_the_indices_in_the_bits_and_fine_tuning_keeps_them():
         S.share_model(model, 9)
 
 
+def test_codebook_fine_tuning_leaves_unshared_weights_alone():
+    from course_lib.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet_300_100")
+    fc1_before, fc3_bias_before = model.fc1.weight.detach().clone(), model.fc3.bias.detach().clone()
+    shared = S.share_model(model, {"fc2": 3})
+    S.fine_tune_codebooks(model, shared, epochs=1, lr=1e-2, steps_per_epoch=3, progress=False)
+    assert torch.equal(model.fc1.weight, fc1_before), "an unshared layer's weights stay fixed"
+    assert model.fc1.weight.requires_grad, "and trainable again afterwards"
+    assert not torch.equal(model.fc3.bias, fc3_bias_before), "biases train with the codebooks"
+
+
 def test_clusters_out_of_range_are_refused():
     with pytest.raises(ValueError, match="at least 1"):
         S.share_weight(torch.randn(10), clusters=0)
