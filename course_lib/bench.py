@@ -86,14 +86,18 @@ def make_row(rt: Runtime, topic: str, model: str, variant: str, batch_size: int,
     )
 
 
+def _load_dense(path: Path, skeleton: nn.Module) -> nn.Module:
+    """``skeleton`` with the tensors of a safetensors file, in eval mode."""
+    skeleton.load_state_dict(load_file(str(path)))
+    return skeleton.eval()
+
+
 def _write_and_reload(model: nn.Module, rebuild: Callable[[], nn.Module], folder: Path, name: str,
                       device: torch.device) -> tuple[nn.Module, int]:
     """Save the model to the file we would ship, reload it into a fresh model, return both with the size."""
     path = folder / f"{name}.safetensors"
     size = save_state_dict(model, path)
-    reloaded = rebuild()
-    reloaded.load_state_dict(load_file(str(path)))
-    return reloaded.to(device).eval(), size
+    return _load_dense(path, rebuild()).to(device), size
 
 
 def _baseline_fashion(rt: Runtime, name: str, folder: Path) -> list[Row]:
@@ -299,11 +303,6 @@ def pruning(rt: Runtime) -> list[Row]:
     """Magnitude pruning with retraining of LeNet-300-100 (sparse file) and real filter pruning of the course CNN."""
     with tempfile.TemporaryDirectory() as folder:
         return [_magnitude_pruned_row(rt, Path(folder)), _filter_pruned_row(rt, Path(folder))]
-
-
-def _load_dense(path: Path, skeleton: nn.Module) -> nn.Module:
-    skeleton.load_state_dict(load_file(str(path)))
-    return skeleton.eval()
 
 
 def _stage_models(result: deep_compression.Result, device: torch.device) -> dict[str, nn.Module]:

@@ -345,11 +345,15 @@ def save_shared(model: nn.Module, shared: dict[str, SharedLayer], path: str | os
 
 
 # ------------------------------------------------------------------------------------------------- the file
-def _code_lengths(alphabet: int, values: Sequence[int], huffman: bool) -> list[int]:
-    """Huffman code lengths for the symbols ``0 … alphabet-1`` as counted in ``values``; with ``huffman=False``
-    the same fixed width for every used symbol (``ceil(log2(used symbols))`` bits, what plain packing needs)."""
+def _symbol_counts(alphabet: int, values: Sequence[int]) -> list[int]:
+    """How often each symbol ``0 … alphabet-1`` occurs in ``values``."""
     frequencies = Counter(values)
-    counts = [frequencies.get(symbol, 0) for symbol in range(alphabet)]
+    return [frequencies.get(symbol, 0) for symbol in range(alphabet)]
+
+
+def _code_lengths(counts: Sequence[int], huffman: bool) -> list[int]:
+    """Huffman code lengths for symbols with these counts; with ``huffman=False`` the same fixed width for every
+    used symbol (``ceil(log2(used symbols))`` bits, what plain packing needs)."""
     if huffman:
         lengths = huffman_code_lengths(counts)
     else:
@@ -362,9 +366,9 @@ def _code_lengths(alphabet: int, values: Sequence[int], huffman: bool) -> list[i
 
 def _coded_bytes(alphabet: int, values: Sequence[int], huffman: bool) -> int:
     """Bytes of one coded stream plus its table of code lengths (one byte per symbol)."""
-    lengths = _code_lengths(alphabet, values, huffman)
-    counts = Counter(values)
-    return alphabet + math.ceil(sum(lengths[symbol] * count for symbol, count in counts.items()) / 8)
+    counts = _symbol_counts(alphabet, values)
+    lengths = _code_lengths(counts, huffman)
+    return alphabet + math.ceil(sum(length * count for length, count in zip(lengths, counts)) / 8)
 
 
 def layer_bytes(layer: SharedLayer, gap_bits: int, huffman: bool = True) -> int:
@@ -397,8 +401,8 @@ def encode_model(path: str | os.PathLike, shared: dict[str, SharedLayer], dense:
         else:
             bits = gap_bits if isinstance(gap_bits, int) else gap_bits[name]
         gaps, values = to_gaps(layer.indices, bits)
-        index_lengths = _code_lengths(len(layer.codebook), values, huffman)
-        gap_lengths = _code_lengths(1 << bits, gaps, huffman) if bits else []
+        index_lengths = _code_lengths(_symbol_counts(len(layer.codebook), values), huffman)
+        gap_lengths = _code_lengths(_symbol_counts(1 << bits, gaps), huffman) if bits else []
         sections = [layer.codebook.float().numpy().tobytes(), bytes(index_lengths), bytes(gap_lengths),
                     huffman_encode(values, index_lengths), huffman_encode(gaps, gap_lengths) if bits else b""]
         header["layers"].append({"name": name, "shape": list(layer.indices.shape), "clusters": len(layer.codebook),
