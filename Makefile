@@ -9,7 +9,7 @@ KERNEL := compression-course
 # Extra pytest arguments, e.g. `make test TEST_ARGS="-k minilm"`.
 TEST_ARGS ?=
 
-.PHONY: setup lab test notebooks students bench clean
+.PHONY: setup lab test notebooks students portability bench clean
 
 setup: $(STAMP)
 	@$(PY) -m course_lib.data
@@ -39,6 +39,12 @@ notebooks: setup
 
 students: setup
 	$(PY) -m course_lib.notebooks students
+
+# Authors, before committing executed notebooks: strict nbval under another CPU instruction set than this one's.
+# `make portability NOTEBOOKS=notebooks/03_pruning.ipynb` checks one.
+NOTEBOOKS ?=
+portability: setup
+	$(PY) -m course_lib.portability $(NOTEBOOKS)
 
 bench: setup
 	$(PY) -m course_lib.bench all

@@ -6,7 +6,8 @@
 Exercise cells have one source: the solved notebook. A solution sits between ``### BEGIN SOLUTION`` and
 ``### END SOLUTION`` (nbgrader's markers) in a code cell whose first line is ``# Exercise N.M: <task>``.
 The student copy replaces each such block with ``raise NotImplementedError("Exercise N.M: <task> ...")``,
-keeps everything else, and drops all outputs.
+rewrites the sentences that place a collapsed solution in the notebook itself (the student copy has none) to
+point at the solved notebook, keeps everything else, and drops all outputs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ STUDENT_DIR = NOTEBOOK_DIR / "student"
 KERNEL_NAME = "compression-course"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 _EXERCISE_LINE = re.compile(r"^# (Exercise \d+\.\d+): (.+)$")
+# A sentence of markdown: from a capital letter (after a space, a bracket or the start) to its full stop, within
+# one paragraph, list item or heading; a full stop inside a word ("N.M", "0.5", ".ipynb") does not end it.
+_SENTENCE = re.compile(r"(?<![^\s(])[*_]*[A-Z](?:[^.!?\n]|\.(?=\w)|\n(?![ \t]*(?:[-*+#|>\n]|\d+\.)))*[.!?]")
+_SOLUTION, _HIDDEN = re.compile(r"\bsolutions?\b", re.I), re.compile(r"\b(?:collapsed|hidden)\b", re.I)
 
 
 class NotebookFormatError(ValueError):
@@ -74,11 +79,30 @@ def strip_solution(source: str, message: str) -> str:
     return "\n".join(out)
 
 
-def make_student_copy(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The student version of a solved notebook: solutions replaced by stubs, no outputs."""
+def point_to_solved_notebook(markdown: str, solved_name: str) -> str:
+    """Rewrite the sentences of ``markdown`` that say a solution is collapsed (or hidden) to name the solved notebook.
+
+    E.g. "(Stuck? The solution cell is collapsed above the checker.)": the student copy has no such cell. Sentences
+    that already name "the solved notebook(s)" stay, as they are true in both copies.
+    """
+    pointer = f"The solution is in the solved notebook `notebooks/{solved_name}`."
+
+    def rewrite(match: re.Match) -> str:
+        sentence = match.group(0)
+        about_hidden_solution = _SOLUTION.search(sentence) and _HIDDEN.search(sentence)
+        return pointer if about_hidden_solution and "solved notebook" not in sentence.lower() else sentence
+
+    return _SENTENCE.sub(rewrite, markdown)
+
+
+def make_student_copy(notebook: nbformat.NotebookNode, solved_name: str) -> nbformat.NotebookNode:
+    """The student version of the solved notebook ``solved_name``: solutions replaced by stubs, sentences about
+    collapsed solutions pointed at the solved notebook, no outputs."""
     student = copy.deepcopy(notebook)
     for cell in student.cells:
-        if cell["cell_type"] == "code":
+        if cell["cell_type"] == "markdown":
+            cell["source"] = point_to_solved_notebook(cell["source"], solved_name)
+        elif cell["cell_type"] == "code":
             if is_solution_cell(cell):
                 exercise, task = exercise_of(cell)
                 message = f"{exercise}: {task} (replace this line with your code)"
@@ -107,7 +131,7 @@ def write_student_copies() -> list[Path]:
     written = []
     for solved in solved_notebooks():
         target = student_path(solved)
-        write_notebook(make_student_copy(nbformat.read(str(solved), as_version=4)), target)
+        write_notebook(make_student_copy(nbformat.read(str(solved), as_version=4), solved.name), target)
         written.append(target)
     return written
 

@@ -11,6 +11,7 @@ SmoothQuant scaling for the transformer.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import math
 import os
@@ -201,10 +202,29 @@ def binarize(w: torch.Tensor, axis: int | None = 0) -> torch.Tensor:
     return torch.where(w >= 0, alpha, -alpha)
 
 
+class NonFiniteWeightsError(ValueError):
+    """Weights holding NaN or infinite values: no grid can represent them."""
+
+
+def _check_finite(w: torch.Tensor, name: str) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming ``name`` if ``w`` holds NaN or infinite values."""
+    finite = torch.isfinite(w)
+    if not bool(finite.all()):
+        nan, inf = int(torch.isnan(w).sum()), int(torch.isinf(w).sum())
+        raise NonFiniteWeightsError(
+            f"{name} holds {nan:,} NaN and {inf:,} infinite values out of {w.numel():,}: they cannot be quantized. "
+            "The model probably diverged during training (check its loss curve, lower the learning rate) or was "
+            "loaded from a damaged checkpoint: quantize a model whose weights are all finite.")
+
+
 def quantize_tensor(w: torch.Tensor, bits: int, per_channel: bool = True, method: Calibration = "minmax",
-                    symmetric: bool = True) -> torch.Tensor:
-    """``w`` rounded to a ``bits``-bit grid and back to float (1 bit: binary; 2 bits symmetric: ternary)."""
+                    symmetric: bool = True, name: str = "the tensor") -> torch.Tensor:
+    """``w`` rounded to a ``bits``-bit grid and back to float (1 bit: binary; 2 bits symmetric: ternary).
+
+    ``name`` (e.g. the layer's weight, ``"features.0.weight"``) is what the errors for bad input call it."""
     check_bits(bits)
+    _check_float(w, name)
+    _check_finite(w, name)
     axis = 0 if per_channel else None
     if bits == 1:
         return binarize(w, axis)
@@ -241,7 +261,8 @@ def quantize_weights(model: nn.Module, bits: int, per_channel: bool = True, meth
     with torch.no_grad():
         for name in names:
             layer = quantized.get_submodule(name)
-            layer.weight.copy_(quantize_tensor(layer.weight, bits, per_channel, method, symmetric))
+            layer.weight.copy_(quantize_tensor(layer.weight, bits, per_channel, method, symmetric,
+                                             name=f"{name}.weight"))
     return quantized
 
 
@@ -361,21 +382,49 @@ def _drop_unused_attributes(graph_module: torch.fx.GraphModule) -> None:
             delattr(graph_module.get_submodule(owner) if owner else graph_module, attr)
 
 
-def compile_for_cpu(model: Callable) -> Callable:
-    """``torch.compile`` with inductor freezing (weights become constants, int8 kernels get prepacked)."""
-    import torch._inductor.config as inductor_config
+class _FrozenCompiled(nn.Module):
+    """A compiled module whose compilations run with inductor freezing switched on, and only they."""
 
-    # Process-wide: `options={"freezing": True}` does not reach the int8 prepacking pass (it then fails on
-    # onednn.qconv_prepack). Freezing only changes graphs compiled without gradients, i.e. for inference.
-    inductor_config.freezing = True
-    return torch.compile(model, dynamic=False)
+    def __init__(self, model: Callable):
+        super().__init__()
+        self.compiled = torch.compile(model, dynamic=False)
+
+    def forward(self, *args, **kwargs):
+        import torch._inductor.config as inductor_config
+
+        # `options={"freezing": True}` does not reach the int8 prepacking pass (it then fails on
+        # onednn.qconv_prepack), so the process-wide switch is set, but only while this module runs (and compiles).
+        with inductor_config.patch(freezing=True):
+            return self.compiled(*args, **kwargs)
+
+
+def compile_for_cpu(model: Callable) -> nn.Module:
+    """``torch.compile`` with inductor freezing (weights become constants, int8 kernels get prepacked).
+
+    Freezing is switched on only while the returned module runs, not for the rest of the process. Needs a C++
+    compiler (:func:`course_lib.runtime.require_compiler` says how to get one); it only changes graphs compiled
+    without gradients, i.e. for inference.
+    """
+    from course_lib.runtime import require_compiler
+
+    require_compiler()
+    return _FrozenCompiled(model)
+
+
+INT8_FILE_MARK = b"course_lib int8 sha256:"  # the zip comment of a .pt2 file written by save_int8, then the digest
+_DIGEST_CHARS = 64  # a SHA-256 in hex
+
+
+class Int8FileError(ValueError):
+    """A ``.pt2`` int8 model file that is truncated, altered or of another kind: it is refused, never loaded."""
 
 
 def save_int8(model: torch.fx.GraphModule, example: torch.Tensor, path: str | os.PathLike) -> int:
     """Export the converted int8 module with a dynamic batch size and save it (``.pt2``); return the file's bytes.
 
     The fp32 weights that conversion replaced by int8 constants are deleted from ``model`` first (they would
-    otherwise be saved too, making the file larger than the fp32 one).
+    otherwise be saved too, making the file larger than the fp32 one). The file ends with the SHA-256 of all its
+    other bytes (in the zip comment), which :func:`load_int8` checks before loading anything.
     """
     path = Path(path)
     if path.suffix != ".pt2":
@@ -387,23 +436,54 @@ def save_int8(model: torch.fx.GraphModule, example: torch.Tensor, path: str | os
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     with atomic_path(path, suffix=".pt2") as tmp:
-        _deflate_descriptions(buffer.getvalue(), tmp)
+        tmp.write_bytes(_seal(_deflate_descriptions(buffer.getvalue())))
     return path.stat().st_size
 
 
-def _deflate_descriptions(archive: bytes, path: Path) -> None:
-    """Rewrite a ``.pt2`` archive with its JSON graph description deflate-compressed (about 116 KB of text for the
-    course CNN, more than 15% of the file); weights stay stored as raw bytes. ``torch.export.load`` reads both."""
-    with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(path, "w") as target:
+def _deflate_descriptions(archive: bytes) -> bytes:
+    """The ``.pt2`` archive with its JSON graph description deflate-compressed (about 116 KB of text for the
+    course CNN, more than 15% of the file); weights stay stored as raw bytes. ``torch.export.load`` reads both.
+    The zip comment is a placeholder of the right length for :func:`_seal`."""
+    rewritten = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(rewritten, "w") as target:
         for info in source.infolist():
             method = zipfile.ZIP_DEFLATED if info.filename.endswith(".json") else zipfile.ZIP_STORED
             target.writestr(info.filename, source.read(info), compress_type=method)
+        target.comment = INT8_FILE_MARK + b"0" * _DIGEST_CHARS
+    return rewritten.getvalue()
+
+
+def _seal(archive: bytes) -> bytes:
+    """Replace the placeholder at the end of ``archive`` by the SHA-256 of every byte before it."""
+    body = archive[:-_DIGEST_CHARS]
+    return body + hashlib.sha256(body).hexdigest().encode()
+
+
+def _verified_int8_bytes(path: Path) -> bytes:
+    """The bytes of ``path`` if they end with the SHA-256 that :func:`save_int8` recorded; else
+    :class:`Int8FileError`."""
+    data = path.read_bytes()
+    body, digest = data[:-_DIGEST_CHARS], data[-_DIGEST_CHARS:]
+    if len(data) <= _DIGEST_CHARS or not body.endswith(INT8_FILE_MARK):
+        raise Int8FileError(
+            f"{path} is not a complete int8 model file written by Q.save_int8: it is truncated (an interrupted "
+            "copy or download) or a file of another kind. Copy it again, or re-create it with "
+            "Q.save_int8(converted_model, example_images, path).")
+    if hashlib.sha256(body).hexdigest().encode() != digest:
+        raise Int8FileError(
+            f"{path} is damaged: its bytes no longer match the SHA-256 recorded when Q.save_int8 wrote it (a changed "
+            "or lost byte, e.g. a faulty copy). It is not loaded: copy it again, or re-create it with "
+            "Q.save_int8(converted_model, example_images, path).")
+    return data
 
 
 def load_int8(path: str | os.PathLike) -> nn.Module:
-    """Load a model saved by :func:`save_int8` (a plain module; compile it for speed)."""
+    """Load a model saved by :func:`save_int8` (a plain module; compile it for speed).
+
+    The file's SHA-256 is checked first: a truncated, altered or foreign file raises :class:`Int8FileError`."""
+    data = _verified_int8_bytes(Path(path))
     _import_torchao()  # registers the quantized ops the program uses
-    return torch.export.load(str(path)).module()
+    return torch.export.load(io.BytesIO(data)).module()
 
 
 # ---------------------------------------------------------------------------------------------------------------

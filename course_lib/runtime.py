@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import random
+import shutil
 import warnings
 from dataclasses import dataclass
 
@@ -53,15 +55,57 @@ INT8_CPU_FEATURES = {
 }
 
 
-def cpu_int8_features(cpuinfo: str | None = None) -> list[str]:
-    """The CPU's fast int8 instruction sets, read from ``/proc/cpuinfo`` (empty where unknown or absent)."""
+def cpu_int8_features(cpuinfo: str | None = None) -> list[str] | None:
+    """The CPU's fast int8 instruction sets, read from ``/proc/cpuinfo``; ``[]`` when it has none, ``None`` when
+    they cannot be read on this OS (e.g. macOS, Windows)."""
     if cpuinfo is None:
         try:
-            cpuinfo = open("/proc/cpuinfo").read()
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
         except OSError:
-            return []
+            return None
     flags = set(cpuinfo.split())
     return [description for flag, description in INT8_CPU_FEATURES.items() if flag in flags]
+
+
+def describe_int8_features(features: list[str] | None) -> str:
+    """A learner-readable line for :func:`cpu_int8_features`'s answer."""
+    if features is None:
+        return "unknown on this OS (the CPU flags cannot be read here)"
+    return ", ".join(features) if features else "none (int8 runs on plain AVX2/AVX-512 instructions)"
+
+
+def is_x86(machine: str | None = None) -> bool:
+    """Whether this is an x86-64 CPU: the course's int8 CPU kernels (oneDNN/fbgemm via PT2E) exist only there."""
+    return (machine or platform.machine()).lower() in ("x86_64", "amd64", "x86-64")
+
+
+INT8_UNAVAILABLE = ("int8 CPU kernels need an x86-64 CPU, and this one is {machine}: the int8 cells are skipped "
+                    "(the arithmetic from scratch above still runs everywhere).")
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler ``torch.compile`` would use on the CPU (``$CXX``, else ``c++``/``g++``/``clang++``), or None."""
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+class CompilerMissingError(RuntimeError):
+    """``torch.compile`` on a CPU needs a C++ compiler and none was found."""
+
+
+def require_compiler() -> str:
+    """The C++ compiler's path, or :class:`CompilerMissingError` saying how to install one."""
+    compiler = cpp_compiler()
+    if compiler is None:
+        raise CompilerMissingError(
+            "torch.compile on a CPU needs a C++ compiler, and none was found (looked for $CXX, c++, g++, clang++). "
+            "Install one (Debian/Ubuntu: `sudo apt-get install g++`; macOS: `xcode-select --install`; "
+            "Windows: the MSVC build tools), or skip the compiled variants: eager PyTorch needs no compiler."
+        )
+    return compiler
 
 
 def seed_everything(seed: int = DEFAULT_SEED) -> None:

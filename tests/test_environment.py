@@ -66,3 +66,11 @@ def test_registry_hosts_are_not_named():
     for path in [*ROOT.glob("*.txt"), *ROOT.glob("*.yml"), ROOT / "Makefile", ROOT / "postBuild", ROOT / "pyproject.toml"]:
         text = path.read_text()
         assert "--index-url" not in text and "--extra-index-url" not in text and "http" not in text, path
+
+
+def test_a_cpp_compiler_is_installed():
+    """torch.compile on a CPU generates C++: the course's compiled variants need a compiler (see README)."""
+    from course_lib.runtime import cpp_compiler
+
+    assert cpp_compiler(), ("no C++ compiler found ($CXX, c++, g++, clang++): torch.compile on a CPU needs one. "
+                            "Install one (Debian/Ubuntu: `sudo apt-get install g++`; macOS: `xcode-select --install`).")

@@ -161,7 +161,7 @@ def test_amdahl_rejects_typical_mistakes(wrong, hint):
 def test_predictions_are_recorded_and_recalled(tmp_path, monkeypatch, capsys):
     from course_lib import exercises
 
-    monkeypatch.setattr(exercises, "PREDICTIONS_FILE", tmp_path / "p.json")
+    monkeypatch.setenv(exercises.PREDICTIONS_ENV, str(tmp_path / "p.json"))
     assert exercises.recall_prediction("x") is None
     exercises.record_prediction("x", 1.5, note="n")
     exercises.record_prediction("y", 2)
@@ -169,3 +169,35 @@ def test_predictions_are_recorded_and_recalled(tmp_path, monkeypatch, capsys):
     assert "recorded prediction x = 1.5 (n)" in capsys.readouterr().out
     with pytest.raises(ExerciseError, match="plain Python number"):
         exercises.record_prediction("z", "fast")
+
+
+def test_an_unfilled_prediction_is_refused_without_stopping_the_notebook(tmp_path, monkeypatch, capsys):
+    from course_lib import exercises
+
+    monkeypatch.setenv(exercises.PREDICTIONS_ENV, str(tmp_path / "p.json"))
+    exercises.record_prediction("x", None, note="n")
+    assert "No prediction recorded for x: replace None by your guess" in capsys.readouterr().out
+    assert not (tmp_path / "p.json").exists() and exercises.recall_prediction("x") is None
+    exercises.record_prediction("x", 1.2)
+    exercises.record_prediction("x", None)
+    assert exercises.recall_prediction("x") == 1.2, "None must not erase an earlier guess"
+
+
+def test_the_predictions_file_follows_the_environment(tmp_path, monkeypatch):
+    from course_lib import exercises
+
+    monkeypatch.delenv(exercises.PREDICTIONS_ENV)
+    assert exercises.predictions_file() == exercises.PREDICTIONS_FILE
+    monkeypatch.setenv(exercises.PREDICTIONS_ENV, str(tmp_path / "sub" / "p.json"))
+    exercises.record_prediction("x", 3)
+    assert (tmp_path / "sub" / "p.json").exists()
+
+
+def test_tests_never_write_the_learners_predictions_file():
+    """tests/conftest.py points the predictions at a temporary file before any kernel starts (they inherit it)."""
+    import os
+
+    from course_lib import exercises
+
+    assert os.environ.get(exercises.PREDICTIONS_ENV), "conftest.py sets COURSE_PREDICTIONS_FILE"
+    assert exercises.predictions_file() != exercises.PREDICTIONS_FILE

@@ -143,7 +143,7 @@ def csr_bytes(weight):
 
 def test_csr_bytes_matches_the_file(tmp_path, capsys):
     check.check_csr_bytes(csr_bytes)
-    assert "Exercise 3.5 passed" in capsys.readouterr().out
+    assert "Exercise 3.6 passed" in capsys.readouterr().out
     model = torch.nn.Sequential(torch.nn.Linear(300, 100, bias=False))
     P.apply_masks(model, P.magnitude_masks(model, 0.9))
     size = P.save_sparse(model, tmp_path / "one.safetensors")
@@ -158,7 +158,7 @@ def test_csr_bytes_matches_the_file(tmp_path, capsys):
     (lambda w: csr_bytes(w) + 1, "values \\(4 bytes each\\)"),
 ])
 def test_csr_bytes_rejects_typical_mistakes(wrong, hint):
-    assert_rejects(check.check_csr_bytes, wrong, "3.5", hint)
+    assert_rejects(check.check_csr_bytes, wrong, "3.6", hint)
 
 
 @pytest.fixture(scope="module")
@@ -168,16 +168,86 @@ def cnn_and_batch():
     return load_reference("course_cnn"), load_fashion_mnist("test").images[:64]
 
 
-def test_pruned_cnn_rejects_masks_and_unretrained_cuts(cnn_and_batch):
+def remove_filter(model, conv_index, channel, drop=None, next_drop=None, update_bn=True, update_next=True):
+    """The solution of exercise 3.5; the keyword arguments inject the typical mistakes."""
+    smaller = copy.deepcopy(model)
+    features = smaller.features
+    conv, bn = features[conv_index], features[conv_index + 1]
+    following = next(i for i in range(conv_index + 1, len(features)) if isinstance(features[i], torch.nn.Conv2d))
+    nxt = features[following]
+    keep = [c for c in range(conv.out_channels) if c != (channel if drop is None else drop)]
+    keep_next = [c for c in range(conv.out_channels) if c != (channel if next_drop is None else next_drop)]
+    new_conv = torch.nn.Conv2d(conv.in_channels, len(keep), conv.kernel_size, conv.stride, conv.padding, bias=False)
+    new_bn = torch.nn.BatchNorm2d(len(keep), eps=bn.eps)
+    new_next = torch.nn.Conv2d(len(keep_next), nxt.out_channels, nxt.kernel_size, nxt.stride, nxt.padding, bias=False)
+    with torch.no_grad():
+        new_conv.weight.copy_(conv.weight[keep])
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(new_bn, name).copy_(getattr(bn, name)[keep])
+        new_next.weight.copy_(nxt.weight[:, keep_next])
+    features[conv_index] = new_conv
+    if update_bn:
+        features[conv_index + 1] = new_bn
+    if update_next:
+        features[following] = new_next
+    return smaller.eval()
+
+
+@pytest.fixture(scope="module")
+def cnn_and_batch():
+    from course_lib.data import load_fashion_mnist
+
+    return load_reference("course_cnn"), load_fashion_mnist("test").images[:64]
+
+
+def test_remove_filter(cnn_and_batch, capsys):
     cnn, batch = cnn_and_batch
-    masked = P.apply_masks(copy.deepcopy(cnn), P.structured_masks(cnn, 0.75, "filter"))
-    with pytest.raises(ExerciseError, match="physically remove filters"):
+    check.check_remove_filter(remove_filter, cnn, batch)
+    assert "Exercise 3.5 passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mistake,hint", [
+    (dict(update_next=False), "(?s)next convolution features.7 reading 31.*shape error.*dimension 1"),
+    (dict(update_bn=False), "(?s)batch norm features.4 with 31 entries.*drop entry `channel` of all four"),
+    (dict(drop=0), "same index in all three places"),
+    (dict(drop=4, next_drop=4), "off-by-one"),
+    (dict(next_drop=6), "same index in all three places"),
+])
+def test_remove_filter_rejects_typical_mistakes(cnn_and_batch, mistake, hint):
+    cnn, batch = cnn_and_batch
+
+    def answer(model, conv_index, channel):
+        return remove_filter(model, conv_index, channel, **mistake)
+
+    with pytest.raises(ExerciseError) as info:
+        check.check_remove_filter(answer, cnn, batch)
+    message = str(info.value)
+    assert message.startswith("Exercise 3.5: expected ") and "\nHint: " in message, message
+    assert re.search(hint, message), message
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")  # torch.compile's first import
+def test_pruned_cnn_rejects_compiled_masked_and_too_wide_models(cnn_and_batch):
+    from course_lib.quantize import _FrozenCompiled
+
+    cnn, batch = cnn_and_batch
+    for compiled in (torch.compile(cnn), _FrozenCompiled(cnn)):
+        with pytest.raises(ExerciseError, match="(?s)compiled or exported.*not how many"):
+            check.check_pruned_cnn(compiled, cnn, batch)
+    masked = P.make_permanent(P.apply_masks(copy.deepcopy(cnn), P.structured_masks(cnn, 0.75, "filter")))
+    with pytest.raises(ExerciseError, match="(?s)fewer multiply-adds.*1.00× fewer.*physically remove filters"):
         check.check_pruned_cnn(masked, cnn, batch)
-    slim = P.remove_filters(cnn, P.l1_filter_selection(cnn, 0.25))
-    with pytest.raises(ExerciseError, match="(?s)test accuracy of at least.*fine-tune longer"):
-        check.check_pruned_cnn(slim, cnn, batch)
-    wide = P.remove_filters(cnn, P.l1_filter_selection(cnn, 0.97))
-    with pytest.raises(ExerciseError, match="(?s)at least 2.0× faster.*keep fewer filters"):
+    wide = P.remove_filters(cnn, P.l1_filter_selection(cnn, 0.8))
+    with pytest.raises(ExerciseError, match="(?s)at least 2.0× fewer multiply-adds.*keep fewer filters"):
         check.check_pruned_cnn(wide, cnn, batch)
-    measured = check.check_pruned_cnn(wide, cnn, batch, speedup_target=0.5, max_accuracy_loss=0.2)
-    assert measured["parameters"] < measured["dense_parameters"]
+
+
+def test_pruned_cnn_grades_macs_and_validation_accuracy_and_only_prints_latency(cnn_and_batch, capsys):
+    cnn, batch = cnn_and_batch
+    half = P.remove_filters(cnn, P.l1_filter_selection(cnn, 0.5))  # not fine-tuned: accuracy lost
+    with pytest.raises(ExerciseError, match="(?s)validation accuracy of at least.*fine-tune longer"):
+        check.check_pruned_cnn(half, cnn, batch)
+    measured = check.check_pruned_cnn(half, cnn, batch, max_accuracy_loss=1.0)
+    out = capsys.readouterr().out
+    assert "Exercise 3.7 passed" in out and "not graded" in out
+    assert measured["mac_reduction"] > 3 and measured["parameters"] < measured["dense_parameters"]

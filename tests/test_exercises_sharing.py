@@ -10,7 +10,8 @@ from course_lib import share as S
 from course_lib.exercises import ExerciseError
 from course_lib.exercises import sharing as check
 from course_lib.models import load_reference
-from course_lib.prune import apply_masks, magnitude_masks, make_permanent
+from course_lib.prune import apply_masks, layer_magnitude_masks, magnitude_masks, make_permanent
+from course_lib.train import evaluate
 
 
 def kmeans(values, clusters, iterations=300):
@@ -52,6 +53,38 @@ def _stale_labels(values, clusters):
     (lambda v, k: kmeans(v, k)[0], "a pair"),
 ])
 def test_kmeans_mistakes(fc3_weight, wrong, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check.check_kmeans(wrong, fc3_weight)
+
+
+def _random_start(values, clusters, seed=7):  # a seed whose start lands in a bad local optimum
+    """Lloyd's iterations from a random sample of the values (the wrong initialisation)."""
+    generator = torch.Generator().manual_seed(seed)
+    centroids = values[torch.randperm(len(values), generator=generator)[:clusters]].sort().values.clone()
+    for _ in range(300):
+        labels = (values[:, None] - centroids[None, :]).abs().argmin(1)
+        for k in range(clusters):
+            if (labels == k).any():
+                centroids[k] = values[labels == k].mean()
+    return centroids, (values[:, None] - centroids[None, :]).abs().argmin(1)
+
+
+def _all_equal(values, clusters):
+    return torch.full((clusters,), float(values.mean())), torch.zeros(len(values), dtype=torch.long)
+
+
+def _one_duplicate(values, clusters):
+    centroids, _ = kmeans(values, clusters - 1)
+    centroids = torch.cat([centroids, centroids[-1:]])
+    return centroids, (values[:, None] - centroids[None, :]).abs().argmin(1)
+
+
+@pytest.mark.parametrize("wrong,hint", [
+    (_all_equal, "(?s)4 distinct centroids.*got 1 distinct.*not all at one value"),
+    (_one_duplicate, "(?s)distinct centroids.*got 3 distinct.*some centroids coincide"),
+    (_random_start, "(?s)result of the linear initialisation.*a random start"),
+])
+def test_kmeans_rejects_degenerate_and_badly_started_answers(fc3_weight, wrong, hint):
     with pytest.raises(ExerciseError, match=hint):
         check.check_kmeans(wrong, fc3_weight)
 
@@ -132,16 +165,25 @@ def pruned_lenet():
     return make_permanent(apply_masks(model, magnitude_masks(model, 0.5)))
 
 
-def test_compressed_file_checker_measures_the_file(pruned_lenet, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def val_accuracy():
+    from course_lib.data import load_fashion_mnist
+
+    val = load_fashion_mnist("val")
+    return {name: evaluate(load_reference(name), val) for name in ("lenet_300_100", "lenet5")}
+
+
+def test_compressed_file_checker_measures_the_file(pruned_lenet, val_accuracy, tmp_path, capsys):
     path = tmp_path / "lenet.dcmp"
     S.save_shared(pruned_lenet, S.share_model(pruned_lenet, 5), path)
-    result = check.check_compressed_file("4.5", path, "lenet_300_100", 1_066_896, 0.8992, 5.0, 0.02)
+    reference = val_accuracy["lenet_300_100"]
+    result = check.check_compressed_file("4.5", path, "lenet_300_100", 1_066_896, reference, 5.0, 0.02)
     assert result["size_bytes"] == path.stat().st_size and result["compression"] > 5
     assert "Exercise 4.5 passed" in capsys.readouterr().out
     with pytest.raises(ExerciseError, match="at least 60.0× smaller"):
-        check.check_compressed_file("4.5", path, "lenet_300_100", 1_066_896, 0.8992, 60.0, 0.02)
-    with pytest.raises(ExerciseError, match="retrain longer"):
-        check.check_compressed_file("4.5", path, "lenet_300_100", 1_066_896, 0.95, 5.0, 0.001)
+        check.check_compressed_file("4.5", path, "lenet_300_100", 1_066_896, reference, 60.0, 0.02)
+    with pytest.raises(ExerciseError, match="(?s)validation accuracy.*retrain longer"):
+        check.check_compressed_file("4.5", path, "lenet_300_100", 1_066_896, reference + 0.05, 5.0, 0.001)
 
 
 def test_compressed_file_checker_rejects_partial_corrupt_and_foreign_files(pruned_lenet, tmp_path):
@@ -158,3 +200,76 @@ def test_compressed_file_checker_rejects_partial_corrupt_and_foreign_files(prune
         check.check_compressed_file("4.6", partial, "lenet5", 1_724_920, 0.921, 1.0, 0.5)
     with pytest.raises(ExerciseError, match="no file"):
         check.check_compressed_file("4.6", tmp_path / "missing.dcmp", "lenet5", 1_724_920, 0.921, 1.0, 0.5)
+
+
+RECIPE5 = {"sparsity": {"conv1": 0.2, "conv2": 0.6, "fc1": 0.9, "fc2": 0.5},
+           "bits": {"conv1": 6, "conv2": 5, "fc1": 4, "fc2": 5}}
+
+
+def _lenet5_file(folder, recipe):
+    model = load_reference("lenet5")
+    make_permanent(apply_masks(model, layer_magnitude_masks(model, recipe["sparsity"])))
+    path = folder / "lenet5.dcmp"
+    S.save_shared(model, S.share_model(model, recipe["bits"]), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lenet5_file(tmp_path_factory):
+    return _lenet5_file(tmp_path_factory.mktemp("lenet5"), RECIPE5)
+
+
+def test_lenet5_compression_checks_the_recipe_and_the_file(lenet5_file, val_accuracy, capsys):
+    reference = val_accuracy["lenet5"]
+    result = check.check_lenet5_compression(RECIPE5, lenet5_file, 1_724_920, reference, 15, 1.0)
+    assert "Exercise 4.5 passed" in capsys.readouterr().out and result["compression"] > 15
+    with pytest.raises(ExerciseError, match="(?s)at least 35.0× smaller.*prune the big layers harder"):
+        check.check_lenet5_compression(RECIPE5, lenet5_file, 1_724_920, reference)
+    with pytest.raises(ExerciseError, match="(?s)validation accuracy.*Alone, each layer of your file costs: conv1"):
+        check.check_lenet5_compression(RECIPE5, lenet5_file, 1_724_920, 1.0, 15, 0.0)
+
+
+@pytest.mark.parametrize("recipe,hint", [
+    ({"sparsity": RECIPE5["sparsity"]}, 'a dict {"sparsity"'),
+    ({**RECIPE5, "sparsity": {**RECIPE5["sparsity"], "fc2": 1.2}}, "fraction of a layer's weights removed"),
+    ({**RECIPE5, "sparsity": dict.fromkeys(RECIPE5["sparsity"], 0.9)}, "(?s)chosen per layer.*fc1 holds 93%"),
+    ({**RECIPE5, "bits": {"conv1": 6, "conv2": 5, "fc1": 4}}, "(?s)missing \\['fc2'\\]"),
+    ({**RECIPE5, "bits": {**RECIPE5["bits"], "conv1": 9}}, "whole number of bits from 1 to 8 for conv1"),
+    ({**RECIPE5, "bits": {**RECIPE5["bits"], "fc1": 2}}, "(?s)fc1 shared at the 2 bits.*same bits you report"),
+    ({**RECIPE5, "sparsity": {**RECIPE5["sparsity"], "fc1": 0.95}}, "(?s)fc1 pruned to the recipe's 95%.*gradual_prune"),
+])
+def test_lenet5_compression_rejects_incomplete_implausible_or_unfollowed_recipes(lenet5_file, recipe, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        check.check_lenet5_compression(recipe, lenet5_file, 1_724_920, 0.9, 15, 0.05)
+
+
+def _lenet_shared(folder, bits, name="lenet.dcmp"):
+    model = load_reference("lenet_300_100")
+    path = folder / name
+    S.save_shared(model, S.share_model(model, bits), path)
+    return path
+
+
+def test_bit_allocation(val_accuracy, tmp_path, capsys):
+    bits = {"fc1": 2, "fc2": 4, "fc3": 6}
+    path = _lenet_shared(tmp_path, bits)
+    reference = val_accuracy["lenet_300_100"]
+    check.check_bit_allocation(bits, path, 70_000, reference, 1.0, model_name="lenet_300_100")
+    assert "Exercise 4.6 passed" in capsys.readouterr().out
+    with pytest.raises(ExerciseError, match="(?s)validation accuracy.*Alone, each layer.*costs most: give it a bit more"):
+        check.check_bit_allocation(bits, path, 70_000, 1.0, 0.0, model_name="lenet_300_100")
+
+
+@pytest.mark.parametrize("bits,claimed,hint", [
+    ({"fc1": 4, "fc2": 4, "fc3": 4}, None, "(?s)at most 70,000 bytes.*a uniform 4 bits does not fit.*fc1 takes"),
+    ({"fc1": 2, "fc2": 4, "fc3": 6}, {"fc1": 2, "fc2": 4, "fc3": 9}, "whole number of bits from 1 to 8 for fc3"),
+    ({"fc1": 2, "fc2": 4, "fc3": 6}, {"fc1": 2, "fc2": 4, "fc3": 0}, "whole number of bits from 1 to 8 for fc3"),
+    ({"fc1": 2, "fc2": 4, "fc3": 6}, {"fc1": 2, "fc2": 4}, "(?s)missing \\['fc3'\\]"),
+    ({"fc1": 2, "fc2": 4, "fc3": 6}, {"fc1": 2, "fc2": 4, "fc3": 3}, "fc3 shared at the 3 bits you chose"),
+    ({"fc1": 2, "fc2": 4, "fc3": 6}, [2, 4, 6], "bits as a dict"),
+])
+def test_bit_allocation_rejects_oversized_uniform_out_of_range_and_unfollowed_bits(tmp_path, bits, claimed, hint):
+    path = _lenet_shared(tmp_path, bits)
+    with pytest.raises(ExerciseError, match=hint):
+        check.check_bit_allocation(bits if claimed is None else claimed, path, 70_000, 0.85, 0.05,
+                                   model_name="lenet_300_100")

@@ -3,13 +3,15 @@
 Strict nbval of the solved notebooks themselves runs from pytest's configuration (see pyproject.toml).
 """
 
+import re
+
 import nbformat
 import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from course_lib.notebooks import (KERNEL_NAME, NotebookFormatError, exercise_of, is_solution_cell, make_student_copy,
-                                  solved_notebooks, strip_solution, student_path)
+                                  point_to_solved_notebook, solved_notebooks, strip_solution, student_path)
 
 SOLVED = solved_notebooks()
 
@@ -54,7 +56,7 @@ def test_no_warnings_or_errors_in_outputs(solved):
 def test_student_copy_is_in_sync(solved):
     path, nb = solved
     committed = nbformat.read(str(student_path(path)), as_version=4)
-    assert committed == make_student_copy(nb), "regenerate with `make students`"
+    assert committed == make_student_copy(nb, path.name), "regenerate with `make students`"
 
 
 def test_student_copy_has_no_solutions(solved):
@@ -65,7 +67,7 @@ def test_student_copy_has_no_solutions(solved):
 
 def test_student_copy_stops_at_its_first_exercise(solved):
     path, nb = solved
-    student = make_student_copy(nb)
+    student = make_student_copy(nb, path.name)
     first_exercise = next(exercise_of(c)[0] for c in nb.cells if is_solution_cell(c))
     client = NotebookClient(student, timeout=600, kernel_name=KERNEL_NAME,
                             resources={"metadata": {"path": str(path.parent)}})
@@ -76,6 +78,56 @@ def test_student_copy_stops_at_its_first_exercise(solved):
     executed = [c for c in student.cells if c.cell_type == "code" and c.execution_count is not None]
     failing = executed[-1]
     assert first_exercise in failing.source or "check_" in failing.source
+
+
+def test_student_copy_points_to_the_solved_notebook_instead_of_a_collapsed_solution(solved):
+    """The student copy has no solution cells: no sentence may place one there (checked sentence by sentence)."""
+    path, nb = solved
+    for cell in make_student_copy(nb, path.name).cells:
+        if cell.cell_type != "markdown":
+            continue
+        for sentence in re.split(r"(?<=[.!?])\s+", cell.source):
+            if re.search(r"solution", sentence, re.I) and re.search(r"collapsed|hidden", sentence, re.I):
+                assert "solved notebook" in sentence.lower(), f"{path.name}: {sentence!r}"
+
+
+POINTER = "The solution is in the solved notebook `notebooks/02_quantization.ipynb`."
+
+
+@pytest.mark.parametrize("markdown,expected", [
+    ("(Stuck? The solution cell is collapsed above the checker.) Next.", f"(Stuck? {POINTER}) Next."),
+    ("Cells start with `# Exercise N.M: <task>`. In this (solved) notebook the solution\nis **collapsed**: click the "
+     "`…` to peek. The student copies differ.", f"Cells start with `# Exercise N.M: <task>`. {POINTER} The student "
+     "copies differ."),
+    ("Solutions are hidden in the cell above! Then more.", f"{POINTER} Then more."),
+    ("- one item\n- **The solution** is hidden below, at 0.5 of the page.\n\n| a | b |",
+     f"- one item\n- {POINTER}\n\n| a | b |"),
+])
+def test_sentences_about_collapsed_solutions_are_rewritten(markdown, expected):
+    assert point_to_solved_notebook(markdown, "02_quantization.ipynb") == expected
+
+
+@pytest.mark.parametrize("markdown", [
+    "In the solved notebook the solution cell is **collapsed**: click the `…` to peek.",
+    "At 3 bits per-tensor min-max collapses to ~63%. The solution space is large.",
+    "# A heading\n\nA hidden layer has 300 units.",
+])
+def test_other_sentences_stay(markdown):
+    assert point_to_solved_notebook(markdown, "02_quantization.ipynb") == markdown
+
+
+def test_welcome_says_where_to_work_and_where_the_solutions_are():
+    """`make lab` opens the solved notebook 00: its top says where the student copies and the solutions are."""
+    nb = nbformat.read(str(SOLVED[0]), as_version=4)
+    top = "\n".join(c.source for c in nb.cells[:3] if c.cell_type == "markdown")
+    assert "notebooks/student/" in top and "solved notebooks" in top and "peek" in top
+
+
+def test_the_prediction_starts_empty_so_that_run_all_records_nothing():
+    nb = nbformat.read(str(next(p for p in SOLVED if p.name.startswith("01_"))), as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "record_prediction(" in c.source)
+    assert re.search(r"^my_prediction = None\b", cell.source, re.M), cell.source
+    assert "nbval-ignore-output" not in cell.metadata.get("tags", []), "its output (the refusal) is stable: compare it"
 
 
 def test_strip_solution_keeps_indentation_and_code_around():

@@ -9,6 +9,7 @@ from torch import nn
 from course_lib import quantize as Q
 from course_lib.minilm import MiniLM, MiniLMConfig
 from course_lib.models import build_model
+from course_lib.runtime import CompilerMissingError, cpp_compiler, is_x86
 
 floats = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False, width=32)
 
@@ -170,6 +171,100 @@ def test_qat_trains_fake_quantized_weights_and_bakes_them():
     assert torch.equal(Q.quantize_weights(prepared, 4).fc1.weight, prepared.fc1.weight)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_with_the_layer_name(bad):
+    w = torch.randn(4, 4)
+    w[1, 2] = bad
+    with pytest.raises(Q.NonFiniteWeightsError, match=r"conv\.weight holds .*cannot be quantized.*diverged"):
+        Q.quantize_tensor(w, 8, name="conv.weight")
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[2].weight[0, 0] = bad
+    with pytest.raises(Q.NonFiniteWeightsError, match=r"^2\.weight holds"):
+        Q.quantize_weights(model, 4)
+    with pytest.raises(Q.NonFiniteWeightsError, match="1 infinite|1 NaN"):
+        Q.quantize_tensor(w, 1)  # binary weights too
+
+
+requires_x86 = pytest.mark.skipif(not is_x86(), reason="the int8 CPU kernels (PT2E) exist only on x86-64")
+
+
+@pytest.fixture(scope="module")
+def tiny_int8_file(tmp_path_factory):
+    """A two-convolution net on 8x8 inputs, quantized with PT2E and saved: seconds, not minutes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(64, 3)).eval()
+    images = torch.randn(32, 1, 8, 8)
+    converted = Q.quantize_static(model, images)
+    path = tmp_path_factory.mktemp("int8") / "tiny.pt2"
+    Q.save_int8(converted, images, path)
+    return path, converted, images
+
+
+@requires_x86
+def test_int8_file_roundtrips_with_its_checksum(tiny_int8_file):
+    path, converted, images = tiny_int8_file
+    assert path.read_bytes()[-64 - len(Q.INT8_FILE_MARK):-64] == Q.INT8_FILE_MARK
+    with torch.no_grad():
+        assert torch.equal(Q.load_int8(path)(images[:5]), converted(images[:5]))
+
+
+@requires_x86
+def test_compile_for_cpu_freezes_only_while_the_compiled_model_runs(tiny_int8_file):
+    import torch._inductor.config as inductor_config
+
+    if cpp_compiler() is None:
+        pytest.skip("torch.compile on a CPU needs a C++ compiler")
+    _, converted, images = tiny_int8_file
+    compiled = Q.compile_for_cpu(converted)
+    with torch.no_grad():
+        out = compiled(images[:4])
+    assert inductor_config.freezing is False, "freezing must not stay on for the rest of the process"
+    assert out.shape == (4, 3) and torch.isfinite(out).all()
+
+
+def test_compile_for_cpu_without_a_compiler_says_how_to_get_one(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(CompilerMissingError, match="needs a C\\+\\+ compiler.*apt-get install g\\+\\+"):
+        Q.compile_for_cpu(nn.Linear(2, 2))
+
+
+def _flip_one_bit(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x04]) + data[at + 1:]
+
+
+@requires_x86
+@pytest.mark.parametrize("damage,message", [
+    (lambda data: data[: len(data) // 2], "not a complete int8 model file"),
+    (lambda data: data[:-1], "not a complete int8 model file"),
+    (lambda data: _flip_one_bit(data, 100), "is damaged: its bytes no longer match the SHA-256"),
+    (lambda data: _flip_one_bit(data, len(data) // 2), "is damaged"),
+    (lambda data: _flip_one_bit(data, len(data) - 3), "is damaged"),  # in the recorded digest itself
+    (lambda data: bytes(range(256)) * 40, "not a complete int8 model file"),  # random bytes
+])
+def test_damaged_int8_files_are_refused_with_a_clear_error(tiny_int8_file, tmp_path, damage, message, capfd):
+    path, _, _ = tiny_int8_file
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(Q.Int8FileError, match=f"(?s){bad.name}.*{message}.*Q.save_int8"):
+        Q.load_int8(bad)
+    assert "Traceback" not in capfd.readouterr().err  # no internal torch traceback printed
+
+
+@requires_x86
+def test_foreign_files_are_refused(tiny_int8_file, tmp_path):
+    path, converted, images = tiny_int8_file
+    unsealed = tmp_path / "plain.pt2"  # a genuine ExportedProgram, but not written by save_int8
+    torch.export.save(torch.export.export(converted, (images[:2],)), unsealed)
+    safetensors_file = tmp_path / "weights.pt2"
+    Q.save_dynamic_int8(Q.quantize_dynamic(nn.Sequential(nn.Linear(4, 4))), safetensors_file)
+    for foreign in (unsealed, safetensors_file):
+        with pytest.raises(Q.Int8FileError, match="not a complete int8 model file written by Q.save_int8"):
+            Q.load_int8(foreign)
+
+
+@requires_x86
 def test_static_int8_roundtrips_through_a_pt2_file(tmp_path):
     model = build_model("lenet5").eval()
     images = torch.randn(64, 1, 28, 28)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from course_lib.data import PROJECT_ROOT
 from course_lib.io import atomic_path
 
 PREDICTIONS_FILE = PROJECT_ROOT / "notebooks" / "my_predictions.json"
+PREDICTIONS_ENV = "COURSE_PREDICTIONS_FILE"  # set by the tests, so that `make test` never touches a learner's file
 
 
 class ExerciseError(AssertionError):
@@ -83,19 +86,33 @@ def check_number(exercise: str, name: str, value: object, expected: float, rel_t
          f"{got:,} ({direction})", hint)
 
 
-def record_prediction(key: str, value: float, note: str = "") -> None:
-    """Write down a prediction (in ``notebooks/my_predictions.json``, not tracked by git) to check in a later notebook."""
+def predictions_file() -> Path:
+    """Where predictions are kept: ``$COURSE_PREDICTIONS_FILE`` if set, else ``notebooks/my_predictions.json``."""
+    return Path(os.environ.get(PREDICTIONS_ENV) or PREDICTIONS_FILE)
+
+
+def record_prediction(key: str, value: float | None, note: str = "") -> None:
+    """Write down a prediction (in :func:`predictions_file`, not tracked by git) to check in a later notebook.
+
+    ``None`` (the guess not filled in yet) is refused with a note, not an error, so that "Run All" gets through.
+    """
+    if value is None:
+        print(f"✋ No prediction recorded for {key}: replace None by your guess (a number) and run this cell again.")
+        return
     number = require_number("prediction", key, value)
-    predictions = json.loads(PREDICTIONS_FILE.read_text()) if PREDICTIONS_FILE.exists() else {}
+    path = predictions_file()
+    predictions = json.loads(path.read_text()) if path.exists() else {}
     predictions[key] = {"value": number, "note": note}
-    with atomic_path(PREDICTIONS_FILE) as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(predictions, indent=2) + "\n")
     print(f"recorded prediction {key} = {number}" + (f" ({note})" if note else ""))
 
 
 def recall_prediction(key: str) -> float | None:
     """A prediction recorded earlier with :func:`record_prediction`, or ``None`` if there is none."""
-    if not PREDICTIONS_FILE.exists():
+    path = predictions_file()
+    if not path.exists():
         return None
-    entry = json.loads(PREDICTIONS_FILE.read_text()).get(key)
+    entry = json.loads(path.read_text()).get(key)
     return None if entry is None else entry["value"]

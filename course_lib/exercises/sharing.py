@@ -1,5 +1,6 @@
 """Checkers for notebook 04 (weight sharing): k-means from scratch, the compression rate of a shared layer,
-the codebook gradient, Huffman code lengths from scratch, and compressed files of LeNet-5 and the course CNN."""
+the codebook gradient, Huffman code lengths from scratch, LeNet-5 compressed with your own per-layer recipe, and a
+per-layer bit allocation that fits the course CNN into a size target. Files are graded on the validation split."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from pathlib import Path
 
 import torch
 
-from course_lib.exercises import call_answer, check_number, fail, passed
-from course_lib.models import build_model
+from course_lib import share as S
+from course_lib.data import Dataset, load_fashion_mnist
+from course_lib.exercises import ExerciseError, call_answer, check_number, fail, passed
+from course_lib.measure import serialized_bytes
+from course_lib.models import build_model, load_reference
+from course_lib.prune import prunable_layers
 from course_lib.share import (CorruptFileError, decode_model, entropy_bits, huffman_code_lengths, huffman_decode,
                               huffman_encode, kmeans_1d, load_model)
 from course_lib.train import evaluate
@@ -22,10 +27,27 @@ def _inertia(values: torch.Tensor, centroids: torch.Tensor) -> float:
     return float(((values[:, None] - centroids[None, :]) ** 2).min(1).values.sum())
 
 
+def _lloyd_from_linear(values: torch.Tensor, clusters: int, max_iterations: int = 300) -> torch.Tensor:
+    """The centroids of the exercise's algorithm: Lloyd's iterations from the linear start until no label changes."""
+    centroids = torch.linspace(float(values.min()), float(values.max()), clusters)
+    labels = None
+    for _ in range(max_iterations):
+        new_labels = (values[:, None] - centroids[None, :]).abs().argmin(1)
+        if labels is not None and torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+        for k in range(clusters):
+            if (labels == k).any():
+                centroids[k] = values[labels == k].mean()
+    return centroids
+
+
 def check_kmeans(kmeans: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
-                 layer_weights: torch.Tensor) -> None:
+                 layer_weights: torch.Tensor, max_error_ratio: float = 1.1) -> None:
     """Exercise 4.1: ``kmeans(values, clusters)`` from linear initialisation returns converged (centroids, labels):
-    each value labelled with its nearest centroid, each used centroid the mean of its values."""
+    each value labelled with its nearest centroid, each used centroid the mean of its values, ``clusters``
+    distinct centroids, and the linear start's result (or a squared error at most ``max_error_ratio`` times
+    scikit-learn's KMeans from the same start)."""
     generator = torch.Generator().manual_seed(4)
     cases = [(torch.cat([torch.randn(300, generator=generator) * 0.1 - 1, torch.randn(500, generator=generator) * 0.2
                          + 1]), 4),
@@ -45,6 +67,13 @@ def check_kmeans(kmeans: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch
         if not torch.equal(centroids[labels], centroids[nearest]):
             fail("4.1", "each value labelled with its nearest centroid", "labels that are not the nearest",
                  "after the last centroid update, assign again: labels = |values - centroids|.argmin(1).")
+        distinct = len(torch.unique(centroids))
+        if distinct < clusters:
+            hint = ("every centroid has the same value: start them spread out, evenly from values.min() to "
+                    "values.max() (torch.linspace), not all at one value." if distinct == 1 else
+                    "some centroids coincide, so fewer values are really shared: start from the linear "
+                    "initialisation (distinct, evenly spaced) and leave an empty cluster's centroid where it is.")
+            fail("4.1", f"{clusters} distinct centroids for {len(values):,} values", f"{distinct} distinct", hint)
         start = torch.linspace(float(values.min()), float(values.max()), clusters)
         used = labels.unique()
         means = torch.stack([values[labels == k].mean() for k in used])
@@ -55,7 +84,15 @@ def check_kmeans(kmeans: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch
                     "clusters)).")
             fail("4.1", "converged k-means: every centroid the mean of the values labelled with it",
                  "centroids that are not their clusters' means", hint)
-        ratios.append(_inertia(values, centroids) / _inertia(values, kmeans_1d(values, clusters, "linear")[0]))
+        ratio = _inertia(values, centroids) / _inertia(values, kmeans_1d(values, clusters, "linear")[0])
+        linear = _lloyd_from_linear(values, clusters)
+        if ratio > max_error_ratio and not torch.allclose(centroids.sort().values, linear, rtol=1e-4, atol=1e-6):
+            fail("4.1", f"the result of the linear initialisation (a squared error at most {max_error_ratio}× "
+                        f"scikit-learn's from the same start, {clusters} clusters)", f"{ratio:.2f}×",
+                 "k-means only finds a local optimum that depends on its start: a random start can leave two "
+                 "centroids in one mode of the weights and none in another. Start from torch.linspace(values.min(), "
+                 "values.max(), clusters).")
+        ratios.append(ratio)
     passed("4.1", "converged k-means; your squared error is " + " and ".join(f"{r:.3f}×" for r in ratios)
            + " scikit-learn's from the same linear start")
 
@@ -155,13 +192,19 @@ def _decoded(exercise: str, path: str | os.PathLike, model_name: str) -> tuple[t
     raise AssertionError("unreachable")
 
 
+def _accuracy_on(model: torch.nn.Module, dataset: Dataset | None) -> float:
+    return evaluate(model, dataset or load_fashion_mnist("val"))
+
+
 def check_compressed_file(exercise: str, path: str | os.PathLike, model_name: str, fp32_bytes: int,
-                          reference_accuracy: float, min_compression: float, max_accuracy_loss: float) -> dict:
+                          reference_accuracy: float, min_compression: float, max_accuracy_loss: float,
+                          dataset: Dataset | None = None) -> dict:
     """Exercises 4.5 and 4.6: a compressed file that decodes into ``model_name``, at least ``min_compression``
-    times smaller than the ``fp32_bytes`` file, with at most ``max_accuracy_loss`` of test accuracy lost."""
+    times smaller than the ``fp32_bytes`` file, with at most ``max_accuracy_loss`` of accuracy lost on
+    ``dataset`` (default: the validation split; ``reference_accuracy`` is the fp32 model's on the same data)."""
     model, header = _decoded(exercise, path, model_name)
     size = Path(path).stat().st_size
-    accuracy = evaluate(model)
+    accuracy = _accuracy_on(model, dataset)
     compression = fp32_bytes / size
     shared = {layer["name"] for layer in header["layers"]}
     missing = [n for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1 and n not in shared]
@@ -173,9 +216,124 @@ def check_compressed_file(exercise: str, path: str | os.PathLike, model_name: st
              f"{size:,} bytes = {compression:.1f}×", "prune the big layers harder or use fewer bits for them; "
              "Huffman coding needs huffman=True (the default).")
     if accuracy < reference_accuracy - max_accuracy_loss:
-        fail(exercise, f"test accuracy of at least {reference_accuracy - max_accuracy_loss:.2%}", f"{accuracy:.2%}",
-             "retrain longer after pruning, prune the small (sensitive) layers less, or give them more bits; "
-             "fine-tune the codebooks.")
-    passed(exercise, f"{size:,} bytes ({compression:.1f}× smaller than fp32), accuracy {accuracy:.2%} "
+        fail(exercise, f"validation accuracy of at least {reference_accuracy - max_accuracy_loss:.2%}",
+             f"{accuracy:.2%}", "retrain longer after pruning, prune the small (sensitive) layers less, or give "
+             "them more bits; fine-tune the codebooks.")
+    passed(exercise, f"{size:,} bytes ({compression:.1f}× smaller than fp32), validation accuracy {accuracy:.2%} "
                      f"(fp32 {reference_accuracy:.2%}), decoded from the file alone")
     return {"size_bytes": size, "compression": compression, "accuracy": accuracy}
+
+
+def _layer_names(model_name: str) -> list[str]:
+    return list(prunable_layers(build_model(model_name)))
+
+
+def _check_bits(exercise: str, bits: object, model_name: str) -> dict[str, int]:
+    """``bits`` as a complete dict layer name -> whole number of bits from 1 to 8, else a clear error."""
+    names = _layer_names(model_name)
+    if not isinstance(bits, dict):
+        fail(exercise, f"bits as a dict {{layer name: bits}} for {', '.join(names)}", type(bits).__name__,
+             "one entry per layer, e.g. {\"" + names[0] + "\": 6, ...}: each layer gets its own width.")
+    missing, unknown = [n for n in names if n not in bits], [n for n in bits if n not in names]
+    if missing or unknown:
+        fail(exercise, f"bits for exactly the layers {', '.join(names)}",
+             f"missing {missing or 'none'}, unknown {unknown or 'none'}", "use the names of "
+             "P.prunable_layers(model) (print them), one entry each.")
+    for name, width in bits.items():
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= S.MAX_BITS:
+            fail(exercise, f"a whole number of bits from 1 to {S.MAX_BITS} for {name}", repr(width),
+                 "bits per index: 2**bits shared values (1 bit: 2 values, 8 bits: 256).")
+    return dict(bits)
+
+
+def _check_file_follows(exercise: str, header: dict, bits: dict[str, int]) -> None:
+    """Each shared layer of the file has as many shared values as its bits allow (not more, not half or fewer)."""
+    for entry in header["layers"]:
+        name = entry["name"].removesuffix(".weight")
+        values = entry["clusters"] - 1
+        if name in bits and not 2 ** (bits[name] - 1) < values <= 2 ** bits[name]:
+            fail(exercise, f"{name} shared at the {bits[name]} bits you chose (at most {2 ** bits[name]} values)",
+                 f"{values} shared values in the file", "write the file from the same bits you report: "
+                 "S.share_model(model, bits) with your dict, then S.save_shared.")
+
+
+def _layer_damage(path: str | os.PathLike, model_name: str, dataset: Dataset) -> dict[str, float]:
+    """Accuracy lost on ``dataset`` when only one layer of the reference takes the file's (decoded) weight."""
+    tensors, header = S.decode_model(path)
+    reference = load_reference(model_name)
+    baseline = evaluate(reference, dataset)
+    damage = {}
+    for entry in header["layers"]:
+        model = load_reference(model_name)
+        model.get_parameter(entry["name"]).data.copy_(tensors[entry["name"]])
+        damage[entry["name"].removesuffix(".weight")] = baseline - evaluate(model, dataset)
+    return damage
+
+
+def check_lenet5_compression(recipe: object, path: str | os.PathLike, fp32_bytes: int, reference_accuracy: float,
+                             min_compression: float = 35.0, max_accuracy_loss: float = 0.01) -> dict:
+    """Exercise 4.5: ``recipe = {"sparsity": {layer: fraction}, "bits": {layer: bits}}`` for every layer of
+    LeNet-5, and the file at ``path`` written by following it: at least ``min_compression``× smaller than fp32
+    and within ``max_accuracy_loss`` of ``reference_accuracy`` on the validation split."""
+    names = _layer_names("lenet5")
+    if not isinstance(recipe, dict) or set(recipe) != {"sparsity", "bits"}:
+        fail("4.5", 'a dict {"sparsity": {...}, "bits": {...}}', repr(recipe)[:80],
+             "write down your choices per layer; the stage code reads them from this dict.")
+    sparsity = recipe["sparsity"]
+    if not isinstance(sparsity, dict) or set(sparsity) != set(names) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in sparsity.values()):
+        fail("4.5", f"a sparsity from 0 to below 1 for each of {', '.join(names)}", repr(sparsity)[:120],
+             "sparsity is the fraction of a layer's weights removed: 0.9 keeps one weight in ten.")
+    bits = _check_bits("4.5", recipe["bits"], "lenet5")
+    if len(set(sparsity.values())) == 1:
+        fail("4.5", "a sparsity chosen per layer", f"{next(iter(sparsity.values()))} for every layer",
+             "the layers differ in size (fc1 holds 93% of the weights, conv1 500) and in sensitivity (see the "
+             "table): prune the big robust layer hard and the small ones gently.")
+    model, header = _decoded("4.5", path, "lenet5")
+    for name in names:
+        removed = float((model.get_parameter(f"{name}.weight") == 0).float().mean())
+        if abs(removed - sparsity[name]) > 0.02:
+            fail("4.5", f"{name} pruned to the recipe's {sparsity[name]:.0%}", f"{removed:.1%} of its weights zero "
+                 "in the file", "prune with P.gradual_prune(model, recipe['sparsity'], ...) and P.make_permanent "
+                 "before sharing; write the file from that model.")
+    _check_file_follows("4.5", header, bits)
+    val = load_fashion_mnist("val")
+    try:
+        return check_compressed_file("4.5", path, "lenet5", fp32_bytes, reference_accuracy, min_compression,
+                                     max_accuracy_loss, val)
+    except ExerciseError as error:
+        if "accuracy" not in str(error).split("\n")[0]:
+            raise
+        damage = _layer_damage(path, "lenet5", val)
+        worst = max(damage, key=damage.get)
+        raise ExerciseError(f"{error}\nAlone, each layer of your file costs: " + ", ".join(
+            f"{n} {100 * d:+.2f} points" for n, d in damage.items()) + f". Start with {worst}: prune it less or "
+            "give it more bits.") from None
+
+
+def check_bit_allocation(bits: object, path: str | os.PathLike, max_bytes: int, reference_accuracy: float,
+                         max_accuracy_loss: float = 0.01, model_name: str = "course_cnn") -> dict:
+    """Exercise 4.6: bits per layer for every Conv2d/Linear of ``model_name`` and the file at ``path`` shared with
+    them: at most ``max_bytes`` bytes and within ``max_accuracy_loss`` of ``reference_accuracy`` on the
+    validation split."""
+    bits = _check_bits("4.6", bits, model_name)
+    model, header = _decoded("4.6", path, model_name)
+    _check_file_follows("4.6", header, bits)
+    size = Path(path).stat().st_size
+    if size > max_bytes:
+        shares = {entry["name"].removesuffix(".weight"): sum(entry["sections"]) for entry in header["layers"]}
+        biggest = max(shares, key=shares.get)
+        hint = (f"a uniform {next(iter(bits.values()))} bits does not fit: " if len(set(bits.values())) == 1 else "")
+        fail("4.6", f"a file of at most {max_bytes:,} bytes", f"{size:,} bytes",
+             hint + f"{biggest} takes {shares[biggest] / size:.0%} of the file: give the big layers fewer bits and "
+             "spend what you save on the small, sensitive ones.")
+    val = load_fashion_mnist("val")
+    try:
+        return check_compressed_file("4.6", path, model_name, serialized_bytes(load_reference(model_name)),
+                                     reference_accuracy, 1.0, max_accuracy_loss, val)
+    except ExerciseError as error:
+        damage = _layer_damage(path, model_name, val)
+        worst = max(damage, key=damage.get)
+        raise ExerciseError(f"{error}\nAlone, each layer of your file costs: " + ", ".join(
+            f"{n} {100 * d:+.2f}" for n, d in damage.items()) + f" points. {worst} costs most: give it a bit more "
+            "and take it from a layer that costs nothing.") from None
