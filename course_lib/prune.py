@@ -22,7 +22,6 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from tqdm.auto import tqdm
 
-from .data import load_fashion_mnist
 from .io import atomic_path
 from .train import evaluate, fine_tune
 
@@ -389,8 +388,7 @@ def gradual_prune(model: nn.Module, final_sparsity: float | dict[str, float], ep
 
 def layer_sensitivity(model: nn.Module, sparsities: Iterable[float], names: Iterable[str] | None = None,
                       dataset=None) -> dict[str, list[float]]:
-    """Prune one layer at a time (by magnitude, the others untouched) to each sparsity; the accuracy of each on
-    ``dataset`` (pass the validation split when the curves are used to choose sparsities; default: test)."""
+    """Prune one layer at a time (by magnitude, the others untouched) to each sparsity; the test accuracy of each."""
     sparsities = [check_sparsity(s) for s in sparsities]
     curves = {}
     for name in prunable_layers(model, names):
@@ -457,10 +455,10 @@ def remove_conv_block(model: nn.Module, conv_name: str) -> nn.Module:
 def prune_and_retrain(model: nn.Module, sparsities: Iterable[float], epochs_per_round: Iterable[int],
                       scope: Scope = "global", **train_kwargs) -> list[float]:
     """Han et al.'s iterative pruning: for each target sparsity, prune by magnitude, then retrain with the mask
-    held (``course_lib.train.fine_tune`` keyword arguments); returns the validation accuracy after each round."""
+    held (``course_lib.train.fine_tune`` keyword arguments); returns the test accuracy after each round."""
     accuracies = []
     for sparsity, epochs in zip(sparsities, epochs_per_round, strict=True):
         apply_masks(model, magnitude_masks(model, sparsity, scope))
         fine_tune(model, epochs=epochs, evaluate_every_epoch=False, **train_kwargs)
-        accuracies.append(evaluate(model, load_fashion_mnist("val")))
+        accuracies.append(evaluate(model))
     return accuracies

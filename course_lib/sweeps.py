@@ -30,14 +30,6 @@ from .train import train as train_model
 from .train_reference import RECIPES, initial_model
 
 RESULTS_DIR = DATA_DIR / "results"
-# Sweeps are what the course chooses from, so they measure the validation split; final models are tested once.
-SWEEP_DATASET = "fashion-mnist validation (5,000 images held out of training)"
-
-
-def val_accuracy(model: nn.Module) -> float:
-    """Accuracy on the 5,000 validation images, rounded as the caches store it."""
-    return round(evaluate(model, load_fashion_mnist("val")), 4)
-
 WEIGHT_BITS = (8, 7, 6, 5, 4, 3, 2, 1)
 GRANULARITIES = ("tensor", "channel")
 
@@ -48,19 +40,19 @@ def weight_quantization_key(bits: int, granularity: str, method: str) -> str:
 
 
 def weight_quantization_accuracy(model_name: str, bits: int, granularity: str, method: str) -> float:
-    """Validation accuracy of a reference model with its Conv2d/Linear weights rounded to ``bits`` bits."""
+    """Full-test-set accuracy of a reference model with its Conv2d/Linear weights rounded to ``bits`` bits."""
     model = quantize_weights(load_reference(model_name), bits, per_channel=granularity == "channel", method=method)
-    return val_accuracy(model)
+    return evaluate(model)
 
 
 def quantization(progress: bool = True) -> dict:
     """Course CNN, weight-only: accuracy for every bit width, granularity and calibration method."""
     configs = {weight_quantization_key(b, g, m): (b, g, m) for b in WEIGHT_BITS for g in GRANULARITIES
                for m in CALIBRATIONS}
-    accuracy = {key: weight_quantization_accuracy("course_cnn", *config)
+    accuracy = {key: round(weight_quantization_accuracy("course_cnn", *config), 4)
                 for key, config in tqdm(configs.items(), desc="weight-only configurations", disable=not progress)}
-    return {"model": "course_cnn", "dataset": SWEEP_DATASET,
-            "baseline_accuracy": val_accuracy(load_reference("course_cnn")),
+    return {"model": "course_cnn", "dataset": "fashion-mnist test (10,000 images)",
+            "baseline_accuracy": round(evaluate(load_reference("course_cnn"), load_fashion_mnist("test")), 4),
             "accuracy": accuracy}
 
 
@@ -81,19 +73,19 @@ def _masked(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
 def _retrained_accuracy(model: nn.Module, epochs: int = 2, **kwargs) -> float:
     fine_tune(model, epochs=epochs, evaluate_every_epoch=False, **{**PRUNING_RETRAIN, **kwargs})
-    return val_accuracy(model)
+    return round(evaluate(model), 4)
 
 
 def _lenet_pruning(progress: bool) -> dict:
-    """LeNet-300-100: one-shot curves, schedules, sensitivity, OBD vs magnitude, lottery tickets (validation)."""
+    """LeNet-300-100: one-shot curves, schedules, sensitivity, OBD vs magnitude, lottery tickets."""
     dense = load_reference("lenet_300_100")
-    baseline = evaluate(dense, load_fashion_mnist("val"))
+    baseline = evaluate(dense)
     bar = tqdm(total=4 + 2 * len(LOTTERY_KEPT), desc="LeNet-300-100 experiments", disable=not progress)
     curves = {f"{scope}/{stage}": [] for scope in ("global", "layer") for stage in ("pruned", "retrained")}
     for sparsity in PRUNING_SPARSITIES:
         for scope in ("global", "layer"):
             model = _masked(dense, P.magnitude_masks(dense, sparsity, scope))
-            curves[f"{scope}/pruned"].append(val_accuracy(model))
+            curves[f"{scope}/pruned"].append(round(evaluate(model), 4))
             curves[f"{scope}/retrained"].append(_retrained_accuracy(model))
     bar.update()
 
@@ -103,20 +95,20 @@ def _lenet_pruning(progress: bool) -> dict:
     iterative = copy.deepcopy(dense)
     steps = (0.5, 0.75, 0.875, 0.94, SCHEDULE_TARGET)
     P.prune_and_retrain(iterative, steps, (1, 1, 1, 1, SCHEDULE_EPOCHS - 4), **PRUNING_RETRAIN)
-    schedules["iterative"] = val_accuracy(iterative)
+    schedules["iterative"] = round(evaluate(iterative), 4)
     gradual = copy.deepcopy(dense)
     schedule = P.gradual_prune(gradual, SCHEDULE_TARGET, SCHEDULE_EPOCHS, SCHEDULE_EPOCHS // 2, **PRUNING_RETRAIN)
-    schedules["gradual"] = val_accuracy(gradual)
+    schedules["gradual"] = round(evaluate(gradual), 4)
     bar.update()
 
-    sensitivity = P.layer_sensitivity(dense, PRUNING_SPARSITIES, dataset=load_fashion_mnist("val"))
+    sensitivity = P.layer_sensitivity(dense, PRUNING_SPARSITIES)
     sizes = {name: layer.weight.numel() for name, layer in P.prunable_layers(dense).items()}
     per_layer = P.allocate_sparsities(list(PRUNING_SPARSITIES), sensitivity, sizes, baseline, 0.9)
     guided = _masked(dense, {name: P.magnitude_masks(dense, s, "layer", [name])[name] for name, s in per_layer.items()})
     uniform = _masked(dense, P.magnitude_masks(dense, 0.9, "layer"))
     allocation = {"target": 0.9, "per_layer": {n: round(s, 4) for n, s in per_layer.items()},
                   "overall": round(P.sparsity_of(guided), 4),
-                  "guided/pruned": val_accuracy(guided), "uniform/pruned": val_accuracy(uniform),
+                  "guided/pruned": round(evaluate(guided), 4), "uniform/pruned": round(evaluate(uniform), 4),
                   "guided/retrained": _retrained_accuracy(guided), "uniform/retrained": _retrained_accuracy(uniform)}
     bar.update()
 
@@ -130,7 +122,7 @@ def _lenet_pruning(progress: bool) -> dict:
     for sparsity in OBD_SPARSITIES:
         for method, scores in (("magnitude", magnitude_scores), ("obd", obd_scores)):
             model = _masked(dense, P.masks_from_scores(scores, sparsity))
-            obd[f"{method}/pruned"].append(val_accuracy(model))
+            obd[f"{method}/pruned"].append(round(evaluate(model), 4))
             obd[f"{method}/retrained"].append(_retrained_accuracy(model, epochs=1))
     bar.update()
 
@@ -141,7 +133,7 @@ def _lenet_pruning(progress: bool) -> dict:
         for kind, seed in (("ticket", 0), ("random_init", 1)):
             model = P.apply_masks(initial_model("lenet_300_100", seed), masks)
             train_model(model, seed=0, evaluate_every_epoch=False, progress=False, **recipe)
-            lottery[kind].append(val_accuracy(model))
+            lottery[kind].append(round(evaluate(model), 4))
             bar.update()
     bar.close()
     return {"baseline_accuracy": round(baseline, 4), "sparsities": list(PRUNING_SPARSITIES), "curves": curves,
@@ -161,7 +153,7 @@ def _cnn_granularity(progress: bool) -> dict:
     configs = [(g, s) for g in P.GRANULARITIES for s in GRANULARITY_SPARSITIES]
     for granularity, sparsity in tqdm(configs, desc="course CNN granularities", disable=not progress):
         model = _masked(dense, P.structured_masks(dense, sparsity, granularity, CNN_CONVS))
-        sweep[granularity].append(val_accuracy(model))
+        sweep[granularity].append(round(evaluate(model), 4))
     table = {}
     candidates = {g: _masked(dense, P.structured_masks(dense, GRANULARITY_TABLE_SPARSITY, g, CNN_CONVS))
                   for g in P.GRANULARITIES if g != "filter"}
@@ -169,10 +161,10 @@ def _cnn_granularity(progress: bool) -> dict:
     candidates["layer"] = P.remove_conv_block(dense, DROPPED_LAYER)
     for name, model in tqdm(candidates.items(), desc="granularity table (fine-tune 1 epoch)", disable=not progress):
         conv_weights = sum(m.weight.count_nonzero().item() for m in model.features if isinstance(m, nn.Conv2d))
-        table[name] = {"pruned": val_accuracy(model),
+        table[name] = {"pruned": round(evaluate(model), 4),
                        "fine_tuned": _retrained_accuracy(model, epochs=1, augment=True),
                        "conv_weights_kept": conv_weights}
-    return {"baseline_accuracy": val_accuracy(dense), "layers": list(CNN_CONVS),
+    return {"baseline_accuracy": round(evaluate(dense), 4), "layers": list(CNN_CONVS),
             "sparsities": list(GRANULARITY_SPARSITIES), "granularity_sweep": sweep,
             "table": {"sparsity": GRANULARITY_TABLE_SPARSITY, "filter_keep": FILTER_KEEP_FOR_HALF_THE_WEIGHTS,
                       "dropped_layer": DROPPED_LAYER, "fine_tune_epochs": 1,
@@ -182,7 +174,7 @@ def _cnn_granularity(progress: bool) -> dict:
 
 def pruning(progress: bool = True) -> dict:
     """LeNet-300-100 (curves, schedules, sensitivity, OBD, lottery tickets) and course CNN granularities."""
-    return {"dataset": SWEEP_DATASET, "lenet_300_100": _lenet_pruning(progress),
+    return {"dataset": "fashion-mnist test (10,000 images)", "lenet_300_100": _lenet_pruning(progress),
             "course_cnn": _cnn_granularity(progress)}
 
 
@@ -193,11 +185,11 @@ INIT_CLUSTERS = (2, 4, 8, 16, 32)
 
 
 def shared_accuracy(model_name: str, clusters: dict[str, int], init: S.Init = "linear") -> float:
-    """Validation accuracy of a reference model with the named layers' weights shared (k-means, no fine-tuning)."""
+    """Accuracy of a reference model with the named layers' weights shared (k-means, no fine-tuning)."""
     model = load_reference(model_name)
     layers = P.prunable_layers(model, clusters)
     shared = {f"{n}.weight": S.share_weight(layer.weight, clusters[n], init) for n, layer in layers.items()}
-    return val_accuracy(S.use_shared_weights(model, shared))
+    return evaluate(S.use_shared_weights(model, shared))
 
 
 def _bits_by_layer_type(progress: bool) -> dict:
@@ -207,9 +199,9 @@ def _bits_by_layer_type(progress: bool) -> dict:
     for kind, bits in tqdm(configs, desc="bits by layer type", disable=not progress):
         model = load_reference("lenet5")
         shared = S.share_model(model, {name: bits for name in LAYER_TYPES[kind]})
-        shared_only = val_accuracy(S.use_shared_weights(copy.deepcopy(model), shared))
+        shared_only = evaluate(S.use_shared_weights(copy.deepcopy(model), shared))
         S.fine_tune_codebooks(model, shared, epochs=1, progress=False, **S.CODEBOOK_RECIPE)
-        table[f"{kind}/{bits}"] = {"shared": shared_only, "fine_tuned": val_accuracy(model)}
+        table[f"{kind}/{bits}"] = {"shared": round(shared_only, 4), "fine_tuned": round(evaluate(model), 4)}
     return table
 
 
@@ -219,20 +211,19 @@ def sharing(progress: bool = True) -> dict:
     from . import deep_compression as D
 
     layers = ("fc1", "fc2", "fc3")
-    per_layer = {f"{n}/{k}": shared_accuracy("lenet_300_100", {n: k})
+    per_layer = {f"{n}/{k}": round(shared_accuracy("lenet_300_100", {n: k}), 4)
                  for n in tqdm(layers, desc="clusters per layer", disable=not progress) for k in WIDGET_CLUSTERS}
-    inits = {f"{init}/{k}": shared_accuracy("lenet_300_100", dict.fromkeys(layers, k), init)
+    inits = {f"{init}/{k}": round(shared_accuracy("lenet_300_100", dict.fromkeys(layers, k), init), 4)
              for init in S.INITS for k in INIT_CLUSTERS}
     stages = {}
     for name in tqdm(D.RECIPES, desc="deep compression", disable=not progress):
         with tempfile.TemporaryDirectory() as folder:
-            stages[name] = [{"stage": s.name, "size_bytes": s.size_bytes, "val_accuracy": round(s.val_accuracy, 4),
-                             "test_accuracy": round(s.accuracy, 4), "kept_fraction": s.kept_fraction}
-                            for s in D.run(name, folder).stages]
-    return {"dataset": SWEEP_DATASET,
-            "lenet_300_100": {"baseline_accuracy": val_accuracy(load_reference("lenet_300_100")),
+            stages[name] = [{"stage": s.name, "size_bytes": s.size_bytes, "accuracy": round(s.accuracy, 4),
+                             "kept_fraction": s.kept_fraction} for s in D.run(name, folder).stages]
+    return {"dataset": "fashion-mnist test (10,000 images)",
+            "lenet_300_100": {"baseline_accuracy": round(evaluate(load_reference("lenet_300_100")), 4),
                               "clusters_per_layer": per_layer, "inits": inits},
-            "lenet5": {"baseline_accuracy": val_accuracy(load_reference("lenet5")),
+            "lenet5": {"baseline_accuracy": round(evaluate(load_reference("lenet5")), 4),
                        "bits_by_layer_type": _bits_by_layer_type(progress)},
             "deep_compression": stages}
 

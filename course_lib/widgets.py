@@ -174,7 +174,7 @@ def draw_quantized_weights(fig: plt.Figure, weight: torch.Tensor, bits: int, per
 
 def quantization_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
     """Pick a layer, a channel, bits, granularity and calibration; see the weights on their grid, the error, and
-    the whole model's validation accuracy for that setting (from the cached sweep ``results``)."""
+    the whole model's test accuracy for that setting (from the cached sweep ``results``)."""
     layers = {name: m.weight.detach() for name, m in model.named_modules()
               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     layer = widgets.Dropdown(options=list(layers), description="layer")
@@ -192,7 +192,7 @@ def quantization_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox
                                          method.value, channel.value)
         key = weight_quantization_key(bits.value, granularity.value, method.value)
         accuracy = results["accuracy"][key]
-        text.value = (f"<pre>{html.escape(summary)}\nwhole model, all layers at this setting: validation accuracy "
+        text.value = (f"<pre>{html.escape(summary)}\nwhole model, all layers at this setting: test accuracy "
                       f"{accuracy:.2%} (fp32 {results['baseline_accuracy']:.2%})</pre>")
         _show(plot, fig)
 
@@ -224,7 +224,7 @@ def draw_pruning_mask(fig: plt.Figure, model: torch.nn.Module, layer: str, granu
 
 
 def pruning_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
-    """Pick a convolution, a granularity and a sparsity: see the mask, and the whole CNN's validation accuracy with every
+    """Pick a convolution, a granularity and a sparsity: see the mask, and the whole CNN's test accuracy with every
     convolution pruned that way (masks only, no retraining; from the cached sweep ``results``)."""
     layer = widgets.Dropdown(options=results["layers"][1:], description="layer")
     granularity = widgets.ToggleButtons(options=list(results["granularity_sweep"]), description="granularity")
@@ -237,7 +237,7 @@ def pruning_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
         draw_pruning_mask(fig, model, layer.value, granularity.value, sparsity.value)
         accuracy = results["granularity_sweep"][granularity.value][results["sparsities"].index(sparsity.value)]
         text.value = (f"<pre>all six convolutions pruned at {granularity.value} level to {sparsity.value:.0%}, no "
-                      f"retraining: validation accuracy {accuracy:.2%} (dense {results['baseline_accuracy']:.2%})</pre>")
+                      f"retraining: test accuracy {accuracy:.2%} (dense {results['baseline_accuracy']:.2%})</pre>")
         _show(plot, fig)
 
     for control in (layer, granularity, sparsity):
@@ -263,7 +263,7 @@ def draw_shared_weights(fig: plt.Figure, weight: torch.Tensor, clusters: int, ti
 
 
 def sharing_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
-    """Pick a layer and a number of clusters: see its weight histogram with the k-means centroids, and the validation
+    """Pick a layer and a number of clusters: see its weight histogram with the k-means centroids, and the test
     accuracy with only that layer shared (no fine-tuning; from the cached sweep ``results``)."""
     layers = sorted({key.split("/")[0] for key in results["clusters_per_layer"]})
     counts = sorted({int(key.split("/")[1]) for key in results["clusters_per_layer"]})
@@ -278,7 +278,7 @@ def sharing_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
         draw_shared_weights(fig, weight, clusters.value, f"{layer.value}: ")
         accuracy = results["clusters_per_layer"][f"{layer.value}/{clusters.value}"]
         text.value = (f"<pre>only {layer.value} shared ({clusters.value} values, {max(1, (clusters.value - 1).bit_length())}"
-                      f"-bit indices), no fine-tuning: validation accuracy {accuracy:.2%} "
+                      f"-bit indices), no fine-tuning: test accuracy {accuracy:.2%} "
                       f"(fp32 {results['baseline_accuracy']:.2%})</pre>")
         _show(plot, fig)
 

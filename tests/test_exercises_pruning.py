@@ -242,10 +242,10 @@ def test_pruned_cnn_rejects_compiled_masked_and_too_wide_models(cnn_and_batch):
         check.check_pruned_cnn(wide, cnn, batch)
 
 
-def test_pruned_cnn_grades_macs_and_validation_accuracy_and_only_prints_latency(cnn_and_batch, capsys):
+def test_pruned_cnn_grades_macs_and_test_accuracy_and_only_prints_latency(cnn_and_batch, capsys):
     cnn, batch = cnn_and_batch
     half = P.remove_filters(cnn, P.l1_filter_selection(cnn, 0.5))  # not fine-tuned: accuracy lost
-    with pytest.raises(ExerciseError, match="(?s)validation accuracy of at least.*fine-tune longer"):
+    with pytest.raises(ExerciseError, match="(?s)test accuracy of at least.*fine-tune longer"):
         check.check_pruned_cnn(half, cnn, batch)
     measured = check.check_pruned_cnn(half, cnn, batch, max_accuracy_loss=1.0)
     out = capsys.readouterr().out

@@ -169,8 +169,8 @@ def pruned_lenet():
 def val_accuracy():
     from course_lib.data import load_fashion_mnist
 
-    val = load_fashion_mnist("val")
-    return {name: evaluate(load_reference(name), val) for name in ("lenet_300_100", "lenet5")}
+    test_set = load_fashion_mnist("test")
+    return {name: evaluate(load_reference(name), test_set) for name in ("lenet_300_100", "lenet5")}
 
 
 def test_compressed_file_checker_measures_the_file(pruned_lenet, val_accuracy, tmp_path, capsys):
@@ -182,7 +182,7 @@ def test_compressed_file_checker_measures_the_file(pruned_lenet, val_accuracy, t
     assert "Exercise 4.5 passed" in capsys.readouterr().out
     with pytest.raises(ExerciseError, match="at least 60.0× smaller"):
         check.check_compressed_file("4.5", path, "lenet_300_100", 1_066_896, reference, 60.0, 0.02)
-    with pytest.raises(ExerciseError, match="(?s)validation accuracy.*retrain longer"):
+    with pytest.raises(ExerciseError, match="(?s)test accuracy.*retrain longer"):
         check.check_compressed_file("4.5", path, "lenet_300_100", 1_066_896, reference + 0.05, 5.0, 0.001)
 
 
@@ -225,7 +225,7 @@ def test_lenet5_compression_checks_the_recipe_and_the_file(lenet5_file, val_accu
     assert "Exercise 4.5 passed" in capsys.readouterr().out and result["compression"] > 15
     with pytest.raises(ExerciseError, match="(?s)at least 35.0× smaller.*prune the big layers harder"):
         check.check_lenet5_compression(RECIPE5, lenet5_file, 1_724_920, reference)
-    with pytest.raises(ExerciseError, match="(?s)validation accuracy.*Alone, each layer of your file costs: conv1"):
+    with pytest.raises(ExerciseError, match="(?s)test accuracy.*Alone, each layer of your file costs: conv1"):
         check.check_lenet5_compression(RECIPE5, lenet5_file, 1_724_920, 1.0, 15, 0.0)
 
 
@@ -256,7 +256,7 @@ def test_bit_allocation(val_accuracy, tmp_path, capsys):
     reference = val_accuracy["lenet_300_100"]
     check.check_bit_allocation(bits, path, 70_000, reference, 1.0, model_name="lenet_300_100")
     assert "Exercise 4.6 passed" in capsys.readouterr().out
-    with pytest.raises(ExerciseError, match="(?s)validation accuracy.*Alone, each layer.*costs most: give it a bit more"):
+    with pytest.raises(ExerciseError, match="(?s)test accuracy.*Alone, each layer.*costs most: give it a bit more"):
         check.check_bit_allocation(bits, path, 70_000, 1.0, 0.0, model_name="lenet_300_100")
 
 

@@ -253,7 +253,7 @@ def _compiled_wrapper(model: nn.Module) -> bool:
 def check_pruned_cnn(model: object, dense: nn.Module, batch: torch.Tensor, min_mac_reduction: float = 2.0,
                      max_accuracy_loss: float = 0.01) -> dict:
     """Exercise 3.7: a filter-pruned course CNN with at least ``min_mac_reduction`` times fewer multiply-adds than
-    ``dense`` and within ``max_accuracy_loss`` of its validation accuracy (both on the CPU). The latency at
+    ``dense`` and within ``max_accuracy_loss`` of its test accuracy (both on the CPU). The latency at
     ``batch`` is measured and printed, never graded (timings depend on the machine and its load). Returns the
     measurements."""
     if not isinstance(model, nn.Module):
@@ -275,16 +275,16 @@ def check_pruned_cnn(model: object, dense: nn.Module, batch: torch.Tensor, min_m
                 "its input and its output channels (keeping half of every layer's filters leaves about a quarter).")
         fail("3.7", f"at least {min_mac_reduction}× fewer multiply-adds per image than the dense CNN "
                     f"({dense_macs:,})", f"{macs:,} ({reduction:.2f}× fewer)", hint)
-    val = load_fashion_mnist("val")
-    accuracy, reference = evaluate(model, val), evaluate(dense, val)
+    test_set = load_fashion_mnist("test")
+    accuracy, reference = evaluate(model, test_set), evaluate(dense, test_set)
     if accuracy < reference - max_accuracy_loss:
-        fail("3.7", f"validation accuracy of at least {reference - max_accuracy_loss:.2%}", f"{accuracy:.2%}",
+        fail("3.7", f"test accuracy of at least {reference - max_accuracy_loss:.2%}", f"{accuracy:.2%}",
              "fine-tune longer after removing filters (with augment=True, as the reference was trained), or keep "
              "a few more filters.")
     latency = compare_latency({"dense": dense, "pruned": model}, (batch,), rounds=15)
     speedup = latency["dense"].median_ms / latency["pruned"].median_ms
     params, dense_params = count_parameters(model), count_parameters(dense)
-    passed("3.7", f"{reduction:.2f}× fewer multiply-adds, {params / dense_params:.0%} of the parameters, validation "
+    passed("3.7", f"{reduction:.2f}× fewer multiply-adds, {params / dense_params:.0%} of the parameters, test "
                   f"accuracy {accuracy:.2%} (dense {reference:.2%})")
     print(f"latency at batch {len(batch)} on this run (not graded): dense {latency['dense'].median_ms:.1f} ms, "
           f"pruned {latency['pruned'].median_ms:.1f} ms ({speedup:.2f}× faster)")

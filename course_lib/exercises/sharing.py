@@ -1,6 +1,6 @@
 """Checkers for notebook 04 (weight sharing): k-means from scratch, the compression rate of a shared layer,
 the codebook gradient, Huffman code lengths from scratch, LeNet-5 compressed with your own per-layer recipe, and a
-per-layer bit allocation that fits the course CNN into a size target. Files are graded on the validation split."""
+per-layer bit allocation that fits the course CNN into a size target. Files are graded on the test set."""
 
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ def _decoded(exercise: str, path: str | os.PathLike, model_name: str) -> tuple[t
 
 
 def _accuracy_on(model: torch.nn.Module, dataset: Dataset | None) -> float:
-    return evaluate(model, dataset or load_fashion_mnist("val"))
+    return evaluate(model, dataset or load_fashion_mnist("test"))
 
 
 def check_compressed_file(exercise: str, path: str | os.PathLike, model_name: str, fp32_bytes: int,
@@ -201,7 +201,7 @@ def check_compressed_file(exercise: str, path: str | os.PathLike, model_name: st
                           dataset: Dataset | None = None) -> dict:
     """Exercises 4.5 and 4.6: a compressed file that decodes into ``model_name``, at least ``min_compression``
     times smaller than the ``fp32_bytes`` file, with at most ``max_accuracy_loss`` of accuracy lost on
-    ``dataset`` (default: the validation split; ``reference_accuracy`` is the fp32 model's on the same data)."""
+    ``dataset`` (default: the test set; ``reference_accuracy`` is the fp32 model's on the same data)."""
     model, header = _decoded(exercise, path, model_name)
     size = Path(path).stat().st_size
     accuracy = _accuracy_on(model, dataset)
@@ -216,10 +216,10 @@ def check_compressed_file(exercise: str, path: str | os.PathLike, model_name: st
              f"{size:,} bytes = {compression:.1f}×", "prune the big layers harder or use fewer bits for them; "
              "Huffman coding needs huffman=True (the default).")
     if accuracy < reference_accuracy - max_accuracy_loss:
-        fail(exercise, f"validation accuracy of at least {reference_accuracy - max_accuracy_loss:.2%}",
+        fail(exercise, f"test accuracy of at least {reference_accuracy - max_accuracy_loss:.2%}",
              f"{accuracy:.2%}", "retrain longer after pruning, prune the small (sensitive) layers less, or give "
              "them more bits; fine-tune the codebooks.")
-    passed(exercise, f"{size:,} bytes ({compression:.1f}× smaller than fp32), validation accuracy {accuracy:.2%} "
+    passed(exercise, f"{size:,} bytes ({compression:.1f}× smaller than fp32), test accuracy {accuracy:.2%} "
                      f"(fp32 {reference_accuracy:.2%}), decoded from the file alone")
     return {"size_bytes": size, "compression": compression, "accuracy": accuracy}
 
@@ -274,7 +274,7 @@ def check_lenet5_compression(recipe: object, path: str | os.PathLike, fp32_bytes
                              min_compression: float = 35.0, max_accuracy_loss: float = 0.01) -> dict:
     """Exercise 4.5: ``recipe = {"sparsity": {layer: fraction}, "bits": {layer: bits}}`` for every layer of
     LeNet-5, and the file at ``path`` written by following it: at least ``min_compression``× smaller than fp32
-    and within ``max_accuracy_loss`` of ``reference_accuracy`` on the validation split."""
+    and within ``max_accuracy_loss`` of ``reference_accuracy`` on the test set."""
     names = _layer_names("lenet5")
     if not isinstance(recipe, dict) or set(recipe) != {"sparsity", "bits"}:
         fail("4.5", 'a dict {"sparsity": {...}, "bits": {...}}', repr(recipe)[:80],
@@ -297,14 +297,14 @@ def check_lenet5_compression(recipe: object, path: str | os.PathLike, fp32_bytes
                  "in the file", "prune with P.gradual_prune(model, recipe['sparsity'], ...) and P.make_permanent "
                  "before sharing; write the file from that model.")
     _check_file_follows("4.5", header, bits)
-    val = load_fashion_mnist("val")
+    test_set = load_fashion_mnist("test")
     try:
         return check_compressed_file("4.5", path, "lenet5", fp32_bytes, reference_accuracy, min_compression,
-                                     max_accuracy_loss, val)
+                                     max_accuracy_loss, test_set)
     except ExerciseError as error:
         if "accuracy" not in str(error).split("\n")[0]:
             raise
-        damage = _layer_damage(path, "lenet5", val)
+        damage = _layer_damage(path, "lenet5", test_set)
         worst = max(damage, key=damage.get)
         raise ExerciseError(f"{error}\nAlone, each layer of your file costs: " + ", ".join(
             f"{n} {100 * d:+.2f} points" for n, d in damage.items()) + f". Start with {worst}: prune it less or "
@@ -315,7 +315,7 @@ def check_bit_allocation(bits: object, path: str | os.PathLike, max_bytes: int, 
                          max_accuracy_loss: float = 0.01, model_name: str = "course_cnn") -> dict:
     """Exercise 4.6: bits per layer for every Conv2d/Linear of ``model_name`` and the file at ``path`` shared with
     them: at most ``max_bytes`` bytes and within ``max_accuracy_loss`` of ``reference_accuracy`` on the
-    validation split."""
+    test set."""
     bits = _check_bits("4.6", bits, model_name)
     model, header = _decoded("4.6", path, model_name)
     _check_file_follows("4.6", header, bits)
@@ -327,12 +327,12 @@ def check_bit_allocation(bits: object, path: str | os.PathLike, max_bytes: int, 
         fail("4.6", f"a file of at most {max_bytes:,} bytes", f"{size:,} bytes",
              hint + f"{biggest} takes {shares[biggest] / size:.0%} of the file: give the big layers fewer bits and "
              "spend what you save on the small, sensitive ones.")
-    val = load_fashion_mnist("val")
+    test_set = load_fashion_mnist("test")
     try:
         return check_compressed_file("4.6", path, model_name, serialized_bytes(load_reference(model_name)),
-                                     reference_accuracy, 1.0, max_accuracy_loss, val)
+                                     reference_accuracy, 1.0, max_accuracy_loss, test_set)
     except ExerciseError as error:
-        damage = _layer_damage(path, model_name, val)
+        damage = _layer_damage(path, model_name, test_set)
         worst = max(damage, key=damage.get)
         raise ExerciseError(f"{error}\nAlone, each layer of your file costs: " + ", ".join(
             f"{n} {100 * d:+.2f}" for n, d in damage.items()) + f" points. {worst} costs most: give it a bit more "
