@@ -266,7 +266,8 @@ FILTER_KEEP_FRACTION, FILTER_FINE_TUNE_EPOCHS = 0.5, 4
 
 
 def _magnitude_pruned_row(rt: Runtime, folder: Path) -> Row:
-    """LeNet-300-100 pruned by magnitude to 90% in three rounds with retraining, stored as CSR and reloaded."""
+    """LeNet-300-100 pruned by magnitude to 90% in three rounds with retraining, stored sparse (each weight in its
+    smallest format: dense, bitmask or CSR) and reloaded."""
     dense, dense_size = _write_and_reload(load_reference("lenet_300_100"), lambda: build_model("lenet_300_100"),
                                           folder, "lenet_300_100", rt.device)
     model = load_reference("lenet_300_100", rt.device)

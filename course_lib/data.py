@@ -32,7 +32,11 @@ FASHION_MNIST_CLASSES = (
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
 
-Split = Literal["train", "test"]
+Split = Literal["train", "val", "test"]
+# The validation split: VALIDATION_PER_CLASS images of each class, held out of the 60,000 training images by a
+# seeded permutation. No reference checkpoint has seen them; every choice in the course is made on them.
+VALIDATION_PER_CLASS = 500
+VALIDATION_SEED = 2026
 _FILES = {
     "train": ("fashion-mnist/train-images-idx3-ubyte.gz", "fashion-mnist/train-labels-idx1-ubyte.gz", 60000),
     "test": ("fashion-mnist/t10k-images-idx3-ubyte.gz", "fashion-mnist/t10k-labels-idx1-ubyte.gz", 10000),
@@ -144,14 +148,43 @@ def _read_idx(path: Path, magic: int, count: int, item_shape: tuple[int, ...]) -
 
 
 @lru_cache(maxsize=2)
-def load_raw(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST as stored: ``uint8`` images ``[N, 28, 28]`` and ``int64`` labels ``[N]``."""
-    if split not in _FILES:
-        raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
-    images_name, labels_name, count = _FILES[split]
+def _load_release(release: Literal["train", "test"]) -> tuple[torch.Tensor, torch.Tensor]:
+    images_name, labels_name, count = _FILES[release]
     images = _read_idx(data_file(images_name), 2051, count, (28, 28))
     labels = _read_idx(data_file(labels_name), 2049, count, ()).long()
     return images, labels
+
+
+@lru_cache(maxsize=1)
+def validation_indices() -> torch.Tensor:
+    """Indices (into the 60,000 released training images) of the validation split, sorted.
+
+    Stratified: :data:`VALIDATION_PER_CLASS` images of each of the 10 classes, drawn by a permutation seeded with
+    :data:`VALIDATION_SEED`, so the split is the same on every machine.
+    """
+    _, labels = _load_release("train")
+    generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    order = torch.randperm(len(labels), generator=generator)
+    chosen = [order[labels[order] == c][:VALIDATION_PER_CLASS] for c in range(len(FASHION_MNIST_CLASSES))]
+    return torch.cat(chosen).sort().values
+
+
+@lru_cache(maxsize=3)
+def load_raw(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST as stored: ``uint8`` images ``[N, 28, 28]`` and ``int64`` labels ``[N]``.
+
+    ``"train"`` is the 55,000 training images left after holding out ``"val"`` (5,000, stratified);
+    ``"test"`` is the full 10,000-image test set.
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}: use 'train', 'val' or 'test'")
+    if split == "test":
+        return _load_release("test")
+    images, labels = _load_release("train")
+    held_out = torch.zeros(len(labels), dtype=torch.bool)
+    held_out[validation_indices()] = True
+    keep = held_out if split == "val" else ~held_out
+    return images[keep], labels[keep]
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -172,9 +205,9 @@ class Dataset:
         return len(self.labels)
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=3)
 def load_fashion_mnist(split: Split) -> Dataset:
-    """The full Fashion-MNIST split (60,000 train or 10,000 test images), normalised, as tensors."""
+    """A Fashion-MNIST split (55,000 train, 5,000 validation or the full 10,000 test images), normalised."""
     images, labels = load_raw(split)
     return Dataset(normalize(images), labels)
 

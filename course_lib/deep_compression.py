@@ -4,7 +4,8 @@ Huffman-encode, writing every stage's real file and measuring its accuracy from 
 Stages (the rows of notebook 04's table and of ``python -m course_lib.bench sharing``):
 
 * ``fp32``: the dense reference, as safetensors.
-* ``pruned``: magnitude-pruned (gradually, with retraining) and stored in CSR form (:func:`course_lib.prune.save_sparse`).
+* ``pruned``: magnitude-pruned (gradually, with retraining) and stored sparse, each weight in its smallest
+  format (dense, bitmask or CSR: :func:`course_lib.prune.save_sparse`).
 * ``pruned-shared``: k-means weight sharing with fine-tuned codebooks, indices and gaps packed at fixed width.
 * ``deep-compression``: the same model, indices and gaps Huffman-coded.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .data import load_fashion_mnist
 from .distill import distillation_loss
 from .measure import save_state_dict
 from .models import build_model, load_reference
@@ -55,13 +57,15 @@ RECIPES = {
 
 @dataclass
 class Stage:
-    """One stage's file: its bytes, the test accuracy of the model reloaded from it, and the weights kept."""
+    """One stage's file: its bytes, the test and validation accuracy of the model reloaded from it, and the
+    weights kept. Recipes are compared on ``val_accuracy``; ``accuracy`` (test) is reported for the final model."""
 
     name: str
     path: Path
     size_bytes: int
     accuracy: float
     kept_fraction: float
+    val_accuracy: float
 
 
 @dataclass
@@ -80,16 +84,20 @@ def _kept(model: torch.nn.Module) -> float:
     return round(1 - sparsity_of(model), 4)
 
 
+def _stage(name: str, path: Path, size: int, model: torch.nn.Module) -> Stage:
+    return Stage(name, path, size, evaluate(model), _kept(model), evaluate(model, load_fashion_mnist("val")))
+
+
 def run(model_name: str, folder: str | os.PathLike, recipe: Recipe | None = None,
         device: torch.device | str = "cpu", progress: bool = False) -> Result:
     """Compress the reference ``model_name`` with ``recipe`` (default: :data:`RECIPES`), writing one file per
-    stage into ``folder``; each stage's accuracy is measured on the full test set from its reloaded file."""
+    stage into ``folder``; each stage's validation and test accuracy are measured from its reloaded file."""
     recipe = recipe or RECIPES[model_name]
     folder = Path(folder)
     result = Result(model_name)
     model = load_reference(model_name, device)
     path = folder / f"{model_name}.safetensors"
-    result.stages.append(Stage("fp32", path, save_state_dict(model, path), evaluate(model), 1.0))
+    result.stages.append(_stage("fp32", path, save_state_dict(model, path), model))
 
     training = dict(device=device, progress=progress, steps_per_epoch=recipe.steps_per_epoch)
     if recipe.distill:
@@ -100,7 +108,7 @@ def run(model_name: str, folder: str | os.PathLike, recipe: Recipe | None = None
     path = folder / f"{model_name}-pruned.safetensors"
     size = save_sparse(model, path)
     reloaded = load_sparse(path, build_model(model_name)).to(device)
-    result.stages.append(Stage("pruned", path, size, evaluate(reloaded), _kept(reloaded)))
+    result.stages.append(_stage("pruned", path, size, reloaded))
 
     shared = share_model(model, dict(recipe.bits))
     shared = fine_tune_codebooks(model, shared, recipe.codebook_epochs, **training, **CODEBOOK_RECIPE)
@@ -108,5 +116,5 @@ def run(model_name: str, folder: str | os.PathLike, recipe: Recipe | None = None
         path = folder / f"{model_name}-{stage}.dcmp"
         size = save_shared(model, shared, path, huffman=huffman, dense_dtype=recipe.dense_dtype)
         reloaded = load_model(path, build_model(model_name)).to(device)
-        result.stages.append(Stage(stage, path, size, evaluate(reloaded), _kept(reloaded)))
+        result.stages.append(_stage(stage, path, size, reloaded))
     return result

@@ -9,6 +9,7 @@ model smaller or faster: :func:`sparse_state_dict` stores what is left in CSR fo
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from collections.abc import Iterable
@@ -17,11 +18,13 @@ from typing import Literal
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 from tqdm.auto import tqdm
 
+from .data import load_fashion_mnist
 from .io import atomic_path
 from .train import evaluate, fine_tune
 
@@ -60,7 +63,9 @@ def prunable_layers(model: nn.Module, names: Iterable[str] | None = None) -> dic
 
 
 def _weight(layer: nn.Module) -> torch.Tensor:
-    """The layer's effective weight (masked, if a mask is applied)."""
+    """The layer's effective weight (masked, if a mask is applied; current even between optimiser steps)."""
+    if torch_prune.is_pruned(layer):
+        return (layer.weight_orig * layer.weight_mask).detach()
     return layer.weight.detach()
 
 
@@ -81,33 +86,47 @@ def magnitude_masks(model: nn.Module, sparsity: float, scope: Scope = "global",
 
 def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, scope: Scope = "global"
                       ) -> dict[str, torch.Tensor]:
-    """Keep the highest-scoring weights: ``sparsity`` of the lowest scores (overall or per layer) get mask 0."""
+    """Keep the highest-scoring weights: exactly ``round(sparsity × count)`` of the lowest scores (overall or per
+    layer) get mask 0. Ties at the threshold are broken by position (a stable sort), never by removing them all."""
     check_sparsity(sparsity)
     if scope == "global":
         flat = torch.cat([s.flatten() for s in scores.values()])
-        count = int(round(sparsity * flat.numel()))
-        threshold = flat.kthvalue(count).values if count else flat.min() - 1
-        return {name: (s > threshold).float() for name, s in scores.items()}
-    masks = {}
-    for name, s in scores.items():
-        count = int(round(sparsity * s.numel()))
-        order = s.flatten().argsort()
-        mask = torch.ones(s.numel())
-        mask[order[:count]] = 0.0
-        masks[name] = mask.reshape(s.shape)
-    return masks
+        kept = torch.ones(flat.numel())
+        kept[flat.argsort(stable=True)[:int(round(sparsity * flat.numel()))]] = 0.0
+        pieces = kept.split([s.numel() for s in scores.values()])
+        return {name: piece.reshape(s.shape) for (name, s), piece in zip(scores.items(), pieces, strict=True)}
+    return {name: masks_from_scores({name: s}, sparsity)[name] for name, s in scores.items()}
+
+
+def random_masks_like(masks: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Masks that keep exactly as many weights in each layer as ``masks`` do, at random positions (seeded): the
+    control that tells what a pruning mask's *positions* carry, e.g. for lottery tickets."""
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = {}
+    for name, mask in masks.items():
+        flat = mask.flatten()
+        shuffled[name] = flat[torch.randperm(flat.numel(), generator=generator)].reshape(mask.shape)
+    return shuffled
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    """Apply masks in place with ``torch.nn.utils.prune.custom_from_mask`` (masked weights stay zero in training)."""
+    """Apply masks in place with ``torch.nn.utils.prune.custom_from_mask`` (masked weights stay zero in training).
+
+    A layer that already has a mask gets the new one in place: weights pruned before stay zero, and the parameters
+    remain the same objects, so an optimiser that is training the model keeps training them.
+    """
     layers = prunable_layers(model, masks)
     for name, mask in masks.items():
         layer = layers[name]
         if mask.shape != layer.weight.shape:
             raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, the weight {tuple(layer.weight.shape)}")
         if torch_prune.is_pruned(layer):
-            torch_prune.remove(layer, "weight")
-        torch_prune.custom_from_mask(layer, "weight", mask.to(layer.weight.device))
+            with torch.no_grad():
+                layer.weight_orig.mul_(layer.weight_mask)
+                layer.weight_mask.copy_(mask)
+                layer.weight = layer.weight_orig * layer.weight_mask
+        else:
+            torch_prune.custom_from_mask(layer, "weight", mask.to(layer.weight.device))
     return model
 
 
@@ -202,6 +221,50 @@ def hutchinson_hessian_diagonal(model: nn.Module, loss_fn, batches: Iterable[tup
     if count == 0:
         raise ValueError("no batch was given: pass a few (images, labels) batches of training data")
     return {name: t / count for name, t in zip(layers, total, strict=True)}
+
+
+def gauss_newton_diagonal(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                          names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """The exact diagonal of the Gauss–Newton matrix of the mean cross-entropy, for each chosen Linear layer.
+
+    With ``p`` the softmax output, the loss Hessian in the logits is ``diag(p) − p pᵀ = M Mᵀ`` with columns
+    ``m_k = √p_k (e_k − p)``, so the diagonal is ``Σ_samples Σ_k (Jᵀ m_k)²``: one backward pass per class. For
+    weight ``W[i, j]`` the per-sample gradient is ``δ_i a_j``, so a batch contributes ``(δ²)ᵀ (a²)``. In a ReLU
+    network every logit is piecewise linear in each single weight, so this *is* the Hessian's diagonal (no noise).
+    """
+    layers = prunable_layers(model, names)
+    wrong = [name for name, layer in layers.items() if not isinstance(layer, nn.Linear)]
+    if wrong:
+        raise TypeError(f"gauss_newton_diagonal handles Linear layers only; {wrong} are not: pass names= to choose")
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def remember(name: str):
+        def hook(_module, args, output):
+            if args[0].dim() != 2:
+                raise ValueError(f"layer {name!r} got a {args[0].dim()}-D input: only [batch, features] is handled")
+            seen[name] = (args[0].detach(), output)
+        return hook
+
+    handles = [layer.register_forward_hook(remember(name)) for name, layer in layers.items()]
+    total = {name: torch.zeros_like(layer.weight) for name, layer in layers.items()}
+    samples = 0
+    try:
+        for images, _labels in batches:
+            logits = model(images)
+            probs = logits.detach().softmax(dim=-1)
+            outputs = [seen[name][1] for name in layers]
+            for k in range(probs.shape[1]):
+                column = probs[:, k:k + 1].sqrt() * (nn.functional.one_hot(torch.tensor(k), probs.shape[1]) - probs)
+                deltas = torch.autograd.grad(logits, outputs, grad_outputs=column, retain_graph=True)
+                for name, delta in zip(layers, deltas, strict=True):
+                    total[name] += delta.pow(2).T @ seen[name][0].pow(2)
+            samples += len(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if samples == 0:
+        raise ValueError("no batch was given: pass a few (images, labels) batches of training data")
+    return {name: t / samples for name, t in total.items()}
 
 
 def obd_saliency(model: nn.Module, hessian_diagonal: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -301,27 +364,82 @@ def _select_linear_inputs(linear: nn.Linear, channels: torch.Tensor, total_chann
     return new
 
 
-def save_sparse(model: nn.Module, path: str | os.PathLike) -> int:
-    """Save a pruned model with each Linear/Conv2d weight in CSR form (values, column indices as uint16 where
-    they fit, row pointers as int32) and everything else dense, as safetensors; return the file's bytes."""
+SparseFormat = Literal["dense", "csr", "bitmask"]
+SPARSE_FORMATS: tuple[SparseFormat, ...] = ("dense", "csr", "bitmask")
+
+
+def _csr_index_dtype(columns: int) -> torch.dtype:
+    """Column indices of a CSR weight: uint16 where the row length allows, else int32."""
+    return torch.uint16 if columns <= 65536 else torch.int32
+
+
+def sparse_format_bytes(weight: torch.Tensor) -> dict[SparseFormat, int]:
+    """Payload bytes of one weight (as a 2-D matrix: rows = output units or filters) in each storage format:
+
+    * ``dense``: every value, fp32;
+    * ``csr``: the nonzero values (fp32), their column indices (uint16 where the row length allows, else int32) and
+      one int32 row pointer per row plus one;
+    * ``bitmask``: one bit per weight saying whether it is kept, then the kept values (fp32).
+    """
+    matrix = weight.detach().flatten(1) if weight.dim() > 1 else weight.detach()[None]
+    rows, columns = matrix.shape
+    kept = int(matrix.count_nonzero())
+    return {"dense": 4 * matrix.numel(),
+            "csr": kept * (4 + _csr_index_dtype(columns).itemsize) + 4 * (rows + 1),
+            "bitmask": math.ceil(matrix.numel() / 8) + 4 * kept}
+
+
+def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    bits = torch.nn.functional.pad(mask.flatten().to(torch.uint8), (0, -mask.numel() % 8)).reshape(-1, 8)
+    return (bits << torch.arange(7, -1, -1, dtype=torch.uint8)).sum(dim=1, dtype=torch.uint8)
+
+
+def _unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
+    return ((packed[:, None] >> torch.arange(7, -1, -1, dtype=torch.uint8)) & 1).flatten()[:count].bool()
+
+
+def save_sparse(model: nn.Module, path: str | os.PathLike,
+                formats: Iterable[SparseFormat] = SPARSE_FORMATS) -> int:
+    """Save a pruned model as safetensors, each Linear/Conv2d weight in whichever of ``formats`` takes the fewest
+    bytes (:func:`sparse_format_bytes`: a barely pruned layer stays dense, a very sparse one goes to CSR, the
+    range between to a bitmask); everything else dense. Returns the file's bytes. ``formats=("csr",)`` forces CSR."""
+    formats = tuple(formats)
+    if not formats or set(formats) - set(SPARSE_FORMATS):
+        raise ValueError(f"formats must be chosen from {SPARSE_FORMATS}, got {formats}")
     tensors: dict[str, torch.Tensor] = {}
     layers = prunable_layers(model)
+    chosen_formats = {}
     for name, layer in layers.items():
-        csr = _weight(layer).flatten(1).to_sparse_csr()
-        columns = csr.col_indices()
-        index_dtype = torch.uint16 if csr.shape[1] <= 65536 else torch.int32
-        tensors[f"{name}.weight.values"] = csr.values().contiguous()
-        tensors[f"{name}.weight.columns"] = columns.to(index_dtype).contiguous()
-        tensors[f"{name}.weight.row_pointers"] = csr.crow_indices().to(torch.int32).contiguous()
-        tensors[f"{name}.weight.shape"] = torch.tensor(layer.weight.shape, dtype=torch.int32)
+        weight = _weight(layer).contiguous()
+        sizes = sparse_format_bytes(weight)
+        chosen = chosen_formats[name] = min(formats, key=sizes.__getitem__)
+        key = f"{name}.weight"
+        if chosen == "dense":
+            tensors[key] = weight
+            continue
+        tensors[f"{key}.shape"] = torch.tensor(weight.shape, dtype=torch.int32)
+        if chosen == "bitmask":
+            tensors[f"{key}.bitmask"] = _pack_bits(weight != 0)
+            tensors[f"{key}.values"] = weight[weight != 0].contiguous()
+        else:
+            csr = weight.flatten(1).to_sparse_csr()
+            tensors[f"{key}.values"] = csr.values().contiguous()
+            tensors[f"{key}.columns"] = csr.col_indices().to(_csr_index_dtype(csr.shape[1])).contiguous()
+            tensors[f"{key}.row_pointers"] = csr.crow_indices().to(torch.int32).contiguous()
     for key, value in model.state_dict().items():
         owner = key.rsplit(".", 1)[0]
         if owner in layers and key.rsplit(".", 1)[1] in ("weight", "weight_orig", "weight_mask"):
             continue
         tensors[key] = value.contiguous()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata={"weight_formats": json.dumps(chosen_formats)})
     return Path(path).stat().st_size
+
+
+def stored_formats(path: str | os.PathLike) -> dict[str, SparseFormat]:
+    """Which format :func:`save_sparse` chose for each layer's weight in the file at ``path``."""
+    with safe_open(str(path), "pt") as file:
+        return json.loads((file.metadata() or {}).get("weight_formats", "{}"))
 
 
 def load_sparse(path: str | os.PathLike, skeleton: nn.Module) -> nn.Module:
@@ -329,13 +447,24 @@ def load_sparse(path: str | os.PathLike, skeleton: nn.Module) -> nn.Module:
     tensors = load_file(str(path))
     state = {}
     for name in prunable_layers(skeleton):
-        shape = tuple(tensors.pop(f"{name}.weight.shape").tolist())
-        rows = tensors.pop(f"{name}.weight.row_pointers").long()
-        columns = tensors.pop(f"{name}.weight.columns").long()
-        values = tensors.pop(f"{name}.weight.values")
-        dense = torch.sparse_csr_tensor(rows, columns, values, size=(shape[0], math.prod(shape[1:])),
-                                        check_invariants=True).to_dense()
-        state[f"{name}.weight"] = dense.reshape(shape)
+        key = f"{name}.weight"
+        if key in tensors:
+            continue  # stored dense: loaded as it is
+        shape = tuple(tensors.pop(f"{key}.shape").tolist())
+        values = tensors.pop(f"{key}.values")
+        if f"{key}.bitmask" in tensors:
+            kept = _unpack_bits(tensors.pop(f"{key}.bitmask"), math.prod(shape))
+            if int(kept.sum()) != len(values):
+                raise ValueError(f"{path}: {key} has {int(kept.sum())} kept positions but {len(values)} values: "
+                                 "the file is damaged; write it again with save_sparse")
+            dense = torch.zeros(math.prod(shape), dtype=values.dtype)
+            dense[kept] = values
+        else:
+            rows = tensors.pop(f"{key}.row_pointers").long()
+            columns = tensors.pop(f"{key}.columns").long()
+            dense = torch.sparse_csr_tensor(rows, columns, values, size=(shape[0], math.prod(shape[1:])),
+                                            check_invariants=True).to_dense()
+        state[key] = dense.reshape(shape)
     state.update(tensors)
     skeleton.load_state_dict(state, strict=True)
     return skeleton.eval()
@@ -362,33 +491,41 @@ def layer_magnitude_masks(model: nn.Module, sparsities: dict[str, float]) -> dic
 
 
 def gradual_prune(model: nn.Module, final_sparsity: float | dict[str, float], epochs: int, pruning_epochs: int,
-                  scope: Scope = "global", **train_kwargs) -> list[float]:
-    """Zhu & Gupta's gradual pruning, one step per epoch: before epoch ``e`` prune (by magnitude) to the cubic
-    schedule's sparsity at ``min(e + 1, pruning_epochs)``, then train one epoch with the masks held; the last
-    ``epochs - pruning_epochs`` epochs only retrain. ``final_sparsity`` is one fraction (ranked by ``scope``) or
-    one per layer name. Returns the overall sparsity of the pruned layers in each epoch."""
+                  scope: Scope = "global", every_steps: int = 50, **train_kwargs) -> list[float]:
+    """Zhu & Gupta's gradual pruning inside one training run (one learning-rate schedule, ``fine_tune``): every
+    ``every_steps`` optimiser steps of the first ``pruning_epochs`` epochs, prune by magnitude to the cubic
+    schedule's sparsity at that step (the masks held in between); the last ``epochs - pruning_epochs`` epochs only
+    retrain. ``final_sparsity`` is one fraction (ranked by ``scope``) or one per layer name. Returns the overall
+    sparsity of the pruned layers at the end of each epoch."""
     targets = final_sparsity if isinstance(final_sparsity, dict) else None
     if targets is None:
         check_sparsity(final_sparsity)
     if not 1 <= pruning_epochs <= epochs:
         raise ValueError(f"need 1 <= pruning_epochs <= epochs, got pruning_epochs={pruning_epochs}, epochs={epochs}")
-    seed, progress = train_kwargs.pop("seed", 0), train_kwargs.pop("progress", True)
-    used = []
-    for epoch in tqdm(range(epochs), desc="gradual pruning (epochs)", disable=not progress):
-        step = min(epoch + 1, pruning_epochs)
-        if targets is None:
-            apply_masks(model, magnitude_masks(model, cubic_schedule(step, pruning_epochs, final_sparsity), scope))
-        else:
-            apply_masks(model, layer_magnitude_masks(
-                model, {name: cubic_schedule(step, pruning_epochs, s) for name, s in targets.items()}))
-        fine_tune(model, epochs=1, evaluate_every_epoch=False, seed=seed + epoch, progress=False, **train_kwargs)
-        used.append(sparsity_of(model, targets))
+    if every_steps < 1:
+        raise ValueError(f"every_steps must be at least 1, got {every_steps}")
+    used: list[float] = []
+
+    def prune_on_schedule(step: int, total_steps: int) -> None:
+        pruning_steps = total_steps * pruning_epochs // epochs
+        if step <= pruning_steps and (step % every_steps == 0 or step == pruning_steps):
+            if targets is None:
+                masks = magnitude_masks(model, cubic_schedule(step, pruning_steps, final_sparsity), scope)
+            else:
+                masks = layer_magnitude_masks(
+                    model, {name: cubic_schedule(step, pruning_steps, s) for name, s in targets.items()})
+            apply_masks(model, masks)
+        if step % (total_steps // epochs) == 0:
+            used.append(sparsity_of(model, targets))
+
+    fine_tune(model, epochs=epochs, evaluate_every_epoch=False, on_step=prune_on_schedule, **train_kwargs)
     return used
 
 
 def layer_sensitivity(model: nn.Module, sparsities: Iterable[float], names: Iterable[str] | None = None,
                       dataset=None) -> dict[str, list[float]]:
-    """Prune one layer at a time (by magnitude, the others untouched) to each sparsity; the test accuracy of each."""
+    """Prune one layer at a time (by magnitude, the others untouched) to each sparsity; the accuracy of each on
+    ``dataset`` (pass the validation split when the curves are used to choose sparsities; default: test)."""
     sparsities = [check_sparsity(s) for s in sparsities]
     curves = {}
     for name in prunable_layers(model, names):
@@ -455,10 +592,10 @@ def remove_conv_block(model: nn.Module, conv_name: str) -> nn.Module:
 def prune_and_retrain(model: nn.Module, sparsities: Iterable[float], epochs_per_round: Iterable[int],
                       scope: Scope = "global", **train_kwargs) -> list[float]:
     """Han et al.'s iterative pruning: for each target sparsity, prune by magnitude, then retrain with the mask
-    held (``course_lib.train.fine_tune`` keyword arguments); returns the test accuracy after each round."""
+    held (``course_lib.train.fine_tune`` keyword arguments); returns the validation accuracy after each round."""
     accuracies = []
     for sparsity, epochs in zip(sparsities, epochs_per_round, strict=True):
         apply_masks(model, magnitude_masks(model, sparsity, scope))
         fine_tune(model, epochs=epochs, evaluate_every_epoch=False, **train_kwargs)
-        accuracies.append(evaluate(model))
+        accuracies.append(evaluate(model, load_fashion_mnist("val")))
     return accuracies

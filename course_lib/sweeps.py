@@ -30,6 +30,14 @@ from .train import train as train_model
 from .train_reference import RECIPES, initial_model
 
 RESULTS_DIR = DATA_DIR / "results"
+# Sweeps are what the course chooses from, so they measure the validation split; final models are tested once.
+SWEEP_DATASET = "fashion-mnist validation (5,000 images held out of training)"
+
+
+def val_accuracy(model: nn.Module) -> float:
+    """Accuracy on the 5,000 validation images, rounded as the caches store it."""
+    return round(evaluate(model, load_fashion_mnist("val")), 4)
+
 WEIGHT_BITS = (8, 7, 6, 5, 4, 3, 2, 1)
 GRANULARITIES = ("tensor", "channel")
 
@@ -40,28 +48,28 @@ def weight_quantization_key(bits: int, granularity: str, method: str) -> str:
 
 
 def weight_quantization_accuracy(model_name: str, bits: int, granularity: str, method: str) -> float:
-    """Full-test-set accuracy of a reference model with its Conv2d/Linear weights rounded to ``bits`` bits."""
+    """Validation accuracy of a reference model with its Conv2d/Linear weights rounded to ``bits`` bits."""
     model = quantize_weights(load_reference(model_name), bits, per_channel=granularity == "channel", method=method)
-    return evaluate(model)
+    return val_accuracy(model)
 
 
 def quantization(progress: bool = True) -> dict:
     """Course CNN, weight-only: accuracy for every bit width, granularity and calibration method."""
     configs = {weight_quantization_key(b, g, m): (b, g, m) for b in WEIGHT_BITS for g in GRANULARITIES
                for m in CALIBRATIONS}
-    accuracy = {key: round(weight_quantization_accuracy("course_cnn", *config), 4)
+    accuracy = {key: weight_quantization_accuracy("course_cnn", *config)
                 for key, config in tqdm(configs.items(), desc="weight-only configurations", disable=not progress)}
-    return {"model": "course_cnn", "dataset": "fashion-mnist test (10,000 images)",
-            "baseline_accuracy": round(evaluate(load_reference("course_cnn"), load_fashion_mnist("test")), 4),
+    return {"model": "course_cnn", "dataset": SWEEP_DATASET,
+            "baseline_accuracy": val_accuracy(load_reference("course_cnn")),
             "accuracy": accuracy}
 
 
 PRUNING_SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
 PRUNING_RETRAIN = dict(P.RETRAIN_RECIPE, progress=False)
-SCHEDULE_TARGET, SCHEDULE_EPOCHS = 0.97, 8
+SCHEDULE_TARGET, SCHEDULE_EPOCHS, GRADUAL_EVERY_STEPS = 0.97, 8, 50
 OBD_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97)
-HUTCHINSON_BATCHES, HUTCHINSON_SAMPLES, HUTCHINSON_BATCH_SIZE = 20, 8, 500
-LOTTERY_KEPT = (0.2, 0.1, 0.03)
+CURVATURE_BATCHES, CURVATURE_BATCH_SIZE, HUTCHINSON_SAMPLES = 20, 500, 8  # 10,000 training images
+LOTTERY_KEPT, LOTTERY_SEEDS = (0.2, 0.1, 0.03), (0, 1, 2)
 CNN_CONVS = ("features.0", "features.3", "features.7", "features.10", "features.14", "features.17")
 GRANULARITY_SPARSITIES = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8)
 GRANULARITY_TABLE_SPARSITY, FILTER_KEEP_FOR_HALF_THE_WEIGHTS, DROPPED_LAYER = 0.5, 0.71, "features.17"
@@ -73,19 +81,20 @@ def _masked(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
 def _retrained_accuracy(model: nn.Module, epochs: int = 2, **kwargs) -> float:
     fine_tune(model, epochs=epochs, evaluate_every_epoch=False, **{**PRUNING_RETRAIN, **kwargs})
-    return round(evaluate(model), 4)
+    return val_accuracy(model)
 
 
 def _lenet_pruning(progress: bool) -> dict:
-    """LeNet-300-100: one-shot curves, schedules, sensitivity, OBD vs magnitude, lottery tickets."""
+    """LeNet-300-100: one-shot curves, schedules, sensitivity, OBD vs magnitude, lottery tickets (validation)."""
     dense = load_reference("lenet_300_100")
-    baseline = evaluate(dense)
-    bar = tqdm(total=4 + 2 * len(LOTTERY_KEPT), desc="LeNet-300-100 experiments", disable=not progress)
-    curves = {f"{scope}/{stage}": [] for scope in ("global", "layer") for stage in ("pruned", "retrained")}
+    baseline = evaluate(dense, load_fashion_mnist("val"))
+    bar = tqdm(total=4 + len(LOTTERY_KEPT), desc="LeNet-300-100 experiments", disable=not progress)
+    curves = {f"{scope}/{stage}": [] for scope in ("global", "layer") for stage in ("pruned", "retrained", "reached")}
     for sparsity in PRUNING_SPARSITIES:
         for scope in ("global", "layer"):
             model = _masked(dense, P.magnitude_masks(dense, sparsity, scope))
-            curves[f"{scope}/pruned"].append(round(evaluate(model), 4))
+            curves[f"{scope}/reached"].append(round(P.sparsity_of(model), 6))
+            curves[f"{scope}/pruned"].append(val_accuracy(model))
             curves[f"{scope}/retrained"].append(_retrained_accuracy(model))
     bar.update()
 
@@ -95,54 +104,69 @@ def _lenet_pruning(progress: bool) -> dict:
     iterative = copy.deepcopy(dense)
     steps = (0.5, 0.75, 0.875, 0.94, SCHEDULE_TARGET)
     P.prune_and_retrain(iterative, steps, (1, 1, 1, 1, SCHEDULE_EPOCHS - 4), **PRUNING_RETRAIN)
-    schedules["iterative"] = round(evaluate(iterative), 4)
+    schedules["iterative"] = val_accuracy(iterative)
     gradual = copy.deepcopy(dense)
-    schedule = P.gradual_prune(gradual, SCHEDULE_TARGET, SCHEDULE_EPOCHS, SCHEDULE_EPOCHS // 2, **PRUNING_RETRAIN)
-    schedules["gradual"] = round(evaluate(gradual), 4)
+    schedule = P.gradual_prune(gradual, SCHEDULE_TARGET, SCHEDULE_EPOCHS, SCHEDULE_EPOCHS // 2,
+                               every_steps=GRADUAL_EVERY_STEPS, **PRUNING_RETRAIN)
+    schedules["gradual"] = val_accuracy(gradual)
     bar.update()
 
-    sensitivity = P.layer_sensitivity(dense, PRUNING_SPARSITIES)
+    sensitivity = P.layer_sensitivity(dense, PRUNING_SPARSITIES, dataset=load_fashion_mnist("val"))
     sizes = {name: layer.weight.numel() for name, layer in P.prunable_layers(dense).items()}
     per_layer = P.allocate_sparsities(list(PRUNING_SPARSITIES), sensitivity, sizes, baseline, 0.9)
     guided = _masked(dense, {name: P.magnitude_masks(dense, s, "layer", [name])[name] for name, s in per_layer.items()})
     uniform = _masked(dense, P.magnitude_masks(dense, 0.9, "layer"))
     allocation = {"target": 0.9, "per_layer": {n: round(s, 4) for n, s in per_layer.items()},
                   "overall": round(P.sparsity_of(guided), 4),
-                  "guided/pruned": round(evaluate(guided), 4), "uniform/pruned": round(evaluate(uniform), 4),
+                  "guided/pruned": val_accuracy(guided), "uniform/pruned": val_accuracy(uniform),
                   "guided/retrained": _retrained_accuracy(guided), "uniform/retrained": _retrained_accuracy(uniform)}
     bar.update()
 
     train = load_fashion_mnist("train")
-    batches = [(train.images[i:i + HUTCHINSON_BATCH_SIZE], train.labels[i:i + HUTCHINSON_BATCH_SIZE])
-               for i in range(0, HUTCHINSON_BATCHES * HUTCHINSON_BATCH_SIZE, HUTCHINSON_BATCH_SIZE)]
-    hessian = P.hutchinson_hessian_diagonal(dense, nn.functional.cross_entropy, batches, samples=HUTCHINSON_SAMPLES)
-    obd_scores = P.obd_saliency(dense, hessian)
-    magnitude_scores = {name: layer.weight.detach().abs() for name, layer in P.prunable_layers(dense).items()}
-    obd = {f"{method}/{stage}": [] for method in ("magnitude", "obd") for stage in ("pruned", "retrained")}
+    batches = [(train.images[i:i + CURVATURE_BATCH_SIZE], train.labels[i:i + CURVATURE_BATCH_SIZE])
+               for i in range(0, CURVATURE_BATCHES * CURVATURE_BATCH_SIZE, CURVATURE_BATCH_SIZE)]
+    saliencies = {
+        "magnitude": {name: layer.weight.detach().abs() for name, layer in P.prunable_layers(dense).items()},
+        "obd": P.obd_saliency(dense, P.gauss_newton_diagonal(dense, batches)),
+        "obd-hutchinson": P.obd_saliency(dense, P.hutchinson_hessian_diagonal(
+            dense, nn.functional.cross_entropy, batches, samples=HUTCHINSON_SAMPLES)),
+    }
+    obd = {f"{method}/{stage}": [] for method in saliencies for stage in ("pruned", "retrained")}
     for sparsity in OBD_SPARSITIES:
-        for method, scores in (("magnitude", magnitude_scores), ("obd", obd_scores)):
+        for method, scores in saliencies.items():
             model = _masked(dense, P.masks_from_scores(scores, sparsity))
-            obd[f"{method}/pruned"].append(round(evaluate(model), 4))
+            obd[f"{method}/pruned"].append(val_accuracy(model))
             obd[f"{method}/retrained"].append(_retrained_accuracy(model, epochs=1))
     bar.update()
 
     recipe = RECIPES["lenet_300_100"]
-    lottery = {"kept": list(LOTTERY_KEPT), "epochs": recipe["epochs"], "ticket": [], "random_init": []}
+    lottery = {"kept": list(LOTTERY_KEPT), "epochs": recipe["epochs"], "seeds": list(LOTTERY_SEEDS),
+               "ticket": [], "random_init": [], "random_mask": []}
     for kept in LOTTERY_KEPT:
         masks = P.magnitude_masks(dense, 1 - kept)
-        for kind, seed in (("ticket", 0), ("random_init", 1)):
-            model = P.apply_masks(initial_model("lenet_300_100", seed), masks)
-            train_model(model, seed=0, evaluate_every_epoch=False, progress=False, **recipe)
-            lottery[kind].append(round(evaluate(model), 4))
-            bar.update()
+        runs = {"ticket": [], "random_init": [], "random_mask": []}
+        for seed in LOTTERY_SEEDS:  # the seed also sets the order of the training data
+            starts = {"ticket": (0, masks), "random_init": (1 + seed, masks),
+                      "random_mask": (0, P.random_masks_like(masks, seed))}
+            for kind, (init_seed, kind_masks) in starts.items():
+                model = P.apply_masks(initial_model("lenet_300_100", init_seed), kind_masks)
+                train_model(model, seed=seed, evaluate_every_epoch=False, progress=False, **recipe)
+                runs[kind].append(val_accuracy(model))
+        for kind, accuracies in runs.items():
+            lottery[kind].append(accuracies)
+        bar.update()
     bar.close()
     return {"baseline_accuracy": round(baseline, 4), "sparsities": list(PRUNING_SPARSITIES), "curves": curves,
             "retrain_epochs": 2, "schedules": {"target": SCHEDULE_TARGET, "epochs": SCHEDULE_EPOCHS,
                                                 "iterative_steps": list(steps), "gradual_steps": schedule,
+                                                "gradual_pruning_epochs": SCHEDULE_EPOCHS // 2,
+                                                "gradual_every_steps": GRADUAL_EVERY_STEPS,
                                                 "accuracy": schedules},
             "sensitivity": {name: [round(a, 4) for a in curve] for name, curve in sensitivity.items()},
-            "allocation": allocation, "obd": {"sparsities": list(OBD_SPARSITIES), "hutchinson_batches": HUTCHINSON_BATCHES,
-                                              "hutchinson_samples": HUTCHINSON_SAMPLES, "accuracy": obd},
+            "allocation": allocation,
+            "obd": {"sparsities": list(OBD_SPARSITIES), "curvature_images": CURVATURE_BATCHES * CURVATURE_BATCH_SIZE,
+                    "obd": "exact Gauss–Newton diagonal",
+                    "hutchinson_vectors": CURVATURE_BATCHES * HUTCHINSON_SAMPLES, "accuracy": obd},
             "lottery": lottery}
 
 
@@ -153,7 +177,7 @@ def _cnn_granularity(progress: bool) -> dict:
     configs = [(g, s) for g in P.GRANULARITIES for s in GRANULARITY_SPARSITIES]
     for granularity, sparsity in tqdm(configs, desc="course CNN granularities", disable=not progress):
         model = _masked(dense, P.structured_masks(dense, sparsity, granularity, CNN_CONVS))
-        sweep[granularity].append(round(evaluate(model), 4))
+        sweep[granularity].append(val_accuracy(model))
     table = {}
     candidates = {g: _masked(dense, P.structured_masks(dense, GRANULARITY_TABLE_SPARSITY, g, CNN_CONVS))
                   for g in P.GRANULARITIES if g != "filter"}
@@ -161,10 +185,10 @@ def _cnn_granularity(progress: bool) -> dict:
     candidates["layer"] = P.remove_conv_block(dense, DROPPED_LAYER)
     for name, model in tqdm(candidates.items(), desc="granularity table (fine-tune 1 epoch)", disable=not progress):
         conv_weights = sum(m.weight.count_nonzero().item() for m in model.features if isinstance(m, nn.Conv2d))
-        table[name] = {"pruned": round(evaluate(model), 4),
+        table[name] = {"pruned": val_accuracy(model),
                        "fine_tuned": _retrained_accuracy(model, epochs=1, augment=True),
                        "conv_weights_kept": conv_weights}
-    return {"baseline_accuracy": round(evaluate(dense), 4), "layers": list(CNN_CONVS),
+    return {"baseline_accuracy": val_accuracy(dense), "layers": list(CNN_CONVS),
             "sparsities": list(GRANULARITY_SPARSITIES), "granularity_sweep": sweep,
             "table": {"sparsity": GRANULARITY_TABLE_SPARSITY, "filter_keep": FILTER_KEEP_FOR_HALF_THE_WEIGHTS,
                       "dropped_layer": DROPPED_LAYER, "fine_tune_epochs": 1,
@@ -174,57 +198,66 @@ def _cnn_granularity(progress: bool) -> dict:
 
 def pruning(progress: bool = True) -> dict:
     """LeNet-300-100 (curves, schedules, sensitivity, OBD, lottery tickets) and course CNN granularities."""
-    return {"dataset": "fashion-mnist test (10,000 images)", "lenet_300_100": _lenet_pruning(progress),
+    return {"dataset": SWEEP_DATASET, "lenet_300_100": _lenet_pruning(progress),
             "course_cnn": _cnn_granularity(progress)}
 
 
 SHARING_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
-LAYER_TYPES = {"conv": ("conv1", "conv2"), "fc": ("fc1", "fc2")}  # LeNet-5's layers of each kind
+LENET5_LAYERS = ("conv1", "conv2", "fc1", "fc2")  # conv1 is both the first layer and a convolution: sweep each
 WIDGET_CLUSTERS = (2, 4, 8, 16, 32, 64)
 INIT_CLUSTERS = (2, 4, 8, 16, 32)
 
 
 def shared_accuracy(model_name: str, clusters: dict[str, int], init: S.Init = "linear") -> float:
-    """Accuracy of a reference model with the named layers' weights shared (k-means, no fine-tuning)."""
+    """Validation accuracy of a reference model with the named layers' weights shared (k-means, no fine-tuning)."""
     model = load_reference(model_name)
     layers = P.prunable_layers(model, clusters)
     shared = {f"{n}.weight": S.share_weight(layer.weight, clusters[n], init) for n, layer in layers.items()}
-    return evaluate(S.use_shared_weights(model, shared))
+    return val_accuracy(S.use_shared_weights(model, shared))
 
 
-def _bits_by_layer_type(progress: bool) -> dict:
-    """LeNet-5: only its conv (or only its fc) layers shared at 1-8 bits, before and after codebook fine-tuning."""
+def _bits_per_layer(progress: bool) -> dict:
+    """LeNet-5: one layer at a time shared at 1-8 bits, before and after codebook fine-tuning (1 epoch)."""
     table = {}
-    configs = [(kind, bits) for kind in LAYER_TYPES for bits in SHARING_BITS]
-    for kind, bits in tqdm(configs, desc="bits by layer type", disable=not progress):
+    configs = [(layer, bits) for layer in LENET5_LAYERS for bits in SHARING_BITS]
+    for layer, bits in tqdm(configs, desc="bits per layer", disable=not progress):
         model = load_reference("lenet5")
-        shared = S.share_model(model, {name: bits for name in LAYER_TYPES[kind]})
-        shared_only = evaluate(S.use_shared_weights(copy.deepcopy(model), shared))
+        shared = S.share_model(model, {layer: bits})
+        shared_only = val_accuracy(S.use_shared_weights(copy.deepcopy(model), shared))
         S.fine_tune_codebooks(model, shared, epochs=1, progress=False, **S.CODEBOOK_RECIPE)
-        table[f"{kind}/{bits}"] = {"shared": round(shared_only, 4), "fine_tuned": round(evaluate(model), 4)}
+        table[f"{layer}/{bits}"] = {"shared": shared_only, "fine_tuned": val_accuracy(model)}
     return table
 
 
+def layer_codebook(model: nn.Module, layer: str, clusters: int) -> list[float]:
+    """The ``clusters`` shared values k-means (linear initialisation) gives one layer's weights, sorted."""
+    return [round(c, 7) for c in S.kmeans_1d(model.get_submodule(layer).weight, clusters)[0].tolist()]
+
+
 def sharing(progress: bool = True) -> dict:
-    """Weight sharing: clusters per layer (LeNet-300-100, the widget), initialisations, bits by layer type
-    (LeNet-5), and every Deep Compression stage of both LeNets (sizes of the real files, reloaded accuracy)."""
+    """Weight sharing: clusters per layer and their codebooks (LeNet-300-100, the widget), initialisations, bits
+    per layer (LeNet-5), and every Deep Compression stage of both LeNets (sizes of the real files, reloaded
+    accuracy)."""
     from . import deep_compression as D
 
     layers = ("fc1", "fc2", "fc3")
-    per_layer = {f"{n}/{k}": round(shared_accuracy("lenet_300_100", {n: k}), 4)
+    per_layer = {f"{n}/{k}": shared_accuracy("lenet_300_100", {n: k})
                  for n in tqdm(layers, desc="clusters per layer", disable=not progress) for k in WIDGET_CLUSTERS}
-    inits = {f"{init}/{k}": round(shared_accuracy("lenet_300_100", dict.fromkeys(layers, k), init), 4)
+    lenet = load_reference("lenet_300_100")
+    codebooks = {f"{n}/{k}": layer_codebook(lenet, n, k) for n in layers for k in WIDGET_CLUSTERS}  # the widget's
+    inits = {f"{init}/{k}": shared_accuracy("lenet_300_100", dict.fromkeys(layers, k), init)
              for init in S.INITS for k in INIT_CLUSTERS}
     stages = {}
     for name in tqdm(D.RECIPES, desc="deep compression", disable=not progress):
         with tempfile.TemporaryDirectory() as folder:
-            stages[name] = [{"stage": s.name, "size_bytes": s.size_bytes, "accuracy": round(s.accuracy, 4),
-                             "kept_fraction": s.kept_fraction} for s in D.run(name, folder).stages]
-    return {"dataset": "fashion-mnist test (10,000 images)",
-            "lenet_300_100": {"baseline_accuracy": round(evaluate(load_reference("lenet_300_100")), 4),
-                              "clusters_per_layer": per_layer, "inits": inits},
-            "lenet5": {"baseline_accuracy": round(evaluate(load_reference("lenet5")), 4),
-                       "bits_by_layer_type": _bits_by_layer_type(progress)},
+            stages[name] = [{"stage": s.name, "size_bytes": s.size_bytes, "val_accuracy": round(s.val_accuracy, 4),
+                             "test_accuracy": round(s.accuracy, 4), "kept_fraction": s.kept_fraction}
+                            for s in D.run(name, folder).stages]
+    return {"dataset": SWEEP_DATASET,
+            "lenet_300_100": {"baseline_accuracy": val_accuracy(load_reference("lenet_300_100")),
+                              "clusters_per_layer": per_layer, "codebooks": codebooks, "inits": inits},
+            "lenet5": {"baseline_accuracy": val_accuracy(load_reference("lenet5")),
+                       "bits_per_layer": _bits_per_layer(progress)},
             "deep_compression": stages}
 
 

@@ -31,10 +31,10 @@ def augment_flip_crop(images: torch.Tensor, generator: torch.Generator, padding:
 
 @dataclass
 class History:
-    """Per-epoch training loss and test accuracy."""
+    """Per-epoch training loss and validation accuracy (the test set is kept for final models)."""
 
     train_loss: list[float] = field(default_factory=list)
-    test_accuracy: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
 
 
 @torch.inference_mode()
@@ -94,12 +94,15 @@ def train(
     evaluate_every_epoch: bool = True,
     progress: bool = True,
     steps_per_epoch: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> History:
-    """Train ``model`` on the Fashion-MNIST training set with a cosine learning-rate schedule.
+    """Train ``model`` on the Fashion-MNIST training split (55,000 images) with a one-cycle learning-rate schedule.
 
     ``optimizer`` is ``"sgd"`` (Nesterov momentum 0.9) or ``"adam"``. ``loss_fn(model, images, labels)``
     replaces cross-entropy (e.g. for distillation). ``steps_per_epoch`` stops each epoch after that many batches
-    (a short fine-tune on part of the data). The same seed gives the same run.
+    (a short fine-tune on part of the data). ``evaluate_every_epoch`` records the validation accuracy after each
+    epoch. ``on_step(step, total_steps)`` runs after every optimiser step (step counts from 1), e.g. to prune
+    gradually. The same seed gives the same run.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -122,20 +125,24 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     history = History()
     for epoch in tqdm(range(epochs), desc="epochs", disable=not progress):
+        after_step = None if on_step is None else (
+            lambda i, first=epoch * steps: on_step(first + i, epochs * steps))
         history.train_loss.append(_train_epoch(model, loader, opt, schedule, loss_fn, augment, generator, device,
-                                               progress, f"epoch {epoch + 1}/{epochs}", steps))
+                                               progress, f"epoch {epoch + 1}/{epochs}", steps, after_step))
         if evaluate_every_epoch:
-            history.test_accuracy.append(evaluate(model, device=device))
+            history.val_accuracy.append(evaluate(model, load_fashion_mnist("val"), device=device))
     model.eval()
     return history
 
 
 def _train_epoch(model, loader: DataLoader, opt, schedule, loss_fn, augment: bool, generator: torch.Generator,
-                 device: torch.device, progress: bool, desc: str, steps: int) -> float:
+                 device: torch.device, progress: bool, desc: str, steps: int,
+                 after_step: Callable[[int], None] | None = None) -> float:
     model.train()
     memory_format = torch.channels_last if _has_conv(model) else torch.contiguous_format
     total, count = 0.0, 0
-    for images, labels in tqdm(islice(loader, steps), total=steps, desc=desc, leave=False, disable=not progress):
+    for step, (images, labels) in enumerate(tqdm(islice(loader, steps), total=steps, desc=desc, leave=False,
+                                                 disable=not progress), start=1):
         if augment:
             images = augment_flip_crop(images, generator)
         images = images.to(device, memory_format=memory_format)
@@ -145,6 +152,8 @@ def _train_epoch(model, loader: DataLoader, opt, schedule, loss_fn, augment: boo
         loss.backward()
         opt.step()
         schedule.step()
+        if after_step is not None:
+            after_step(step)
         total += loss.item() * len(labels)
         count += len(labels)
     return total / count

@@ -4,7 +4,8 @@
 
 Writes ``data/checkpoints/<model>.safetensors`` (atomically), ``data/checkpoints/reference.json``
 (recipe, test accuracy, training time) and updates ``data/SHA256SUMS``. Same seed, same recipe,
-same machine type: same weights. Takes about 15 minutes on 2 CPU cores.
+same machine type: same weights. Trains on the 55,000-image training split; the 5,000 validation images
+are never seen. Takes about 17 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from course_lib.data import DATA_DIR, DATA_MANIFEST, read_manifest, sha256_of
+from course_lib.data import DATA_DIR, DATA_MANIFEST, load_fashion_mnist, read_manifest, sha256_of
 from course_lib.io import atomic_path
 from course_lib.models import MODEL_BUILDERS, build_model, checkpoint_name
 from course_lib.runtime import setup
@@ -47,7 +48,8 @@ def train_one(name: str, seed: int = 0) -> dict:
     with atomic_path(target) as tmp:
         save_file(state, str(tmp))
     return {
-        "recipe": RECIPES[name], "seed": seed, "test_accuracy": round(evaluate(model), 4),
+        "recipe": RECIPES[name], "seed": seed,
+        "val_accuracy": round(evaluate(model, load_fashion_mnist("val")), 4), "test_accuracy": round(evaluate(model), 4),
         "final_train_loss": round(history.train_loss[-1], 4), "train_seconds": round(seconds, 1),
         "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "sha256": sha256_of(target),

@@ -14,7 +14,6 @@ from course_lib.dataflow import LayerStats, Machine, attainable_gflops
 from course_lib.plots import PALETTE, draw_roofline
 from course_lib.prune import structured_masks
 from course_lib.quantize import binarize, compute_qparams, dequantize, quantize
-from course_lib.share import kmeans_1d
 from course_lib.sweeps import weight_quantization_key
 
 
@@ -174,7 +173,7 @@ def draw_quantized_weights(fig: plt.Figure, weight: torch.Tensor, bits: int, per
 
 def quantization_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
     """Pick a layer, a channel, bits, granularity and calibration; see the weights on their grid, the error, and
-    the whole model's test accuracy for that setting (from the cached sweep ``results``)."""
+    the whole model's validation accuracy for that setting (from the cached sweep ``results``)."""
     layers = {name: m.weight.detach() for name, m in model.named_modules()
               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     layer = widgets.Dropdown(options=list(layers), description="layer")
@@ -192,7 +191,7 @@ def quantization_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox
                                          method.value, channel.value)
         key = weight_quantization_key(bits.value, granularity.value, method.value)
         accuracy = results["accuracy"][key]
-        text.value = (f"<pre>{html.escape(summary)}\nwhole model, all layers at this setting: test accuracy "
+        text.value = (f"<pre>{html.escape(summary)}\nwhole model, all layers at this setting: validation accuracy "
                       f"{accuracy:.2%} (fp32 {results['baseline_accuracy']:.2%})</pre>")
         _show(plot, fig)
 
@@ -224,8 +223,8 @@ def draw_pruning_mask(fig: plt.Figure, model: torch.nn.Module, layer: str, granu
 
 
 def pruning_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
-    """Pick a convolution, a granularity and a sparsity: see the mask, and the whole CNN's test accuracy with every
-    convolution pruned that way (masks only, no retraining; from the cached sweep ``results``)."""
+    """Pick a convolution, a granularity and a sparsity: see the mask, and the whole CNN's validation accuracy with
+    every convolution pruned that way (masks only, no retraining; from the cached sweep ``results``)."""
     layer = widgets.Dropdown(options=results["layers"][1:], description="layer")
     granularity = widgets.ToggleButtons(options=list(results["granularity_sweep"]), description="granularity")
     sparsity = widgets.SelectionSlider(options=results["sparsities"], value=0.5, description="sparsity",
@@ -237,7 +236,8 @@ def pruning_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
         draw_pruning_mask(fig, model, layer.value, granularity.value, sparsity.value)
         accuracy = results["granularity_sweep"][granularity.value][results["sparsities"].index(sparsity.value)]
         text.value = (f"<pre>all six convolutions pruned at {granularity.value} level to {sparsity.value:.0%}, no "
-                      f"retraining: test accuracy {accuracy:.2%} (dense {results['baseline_accuracy']:.2%})</pre>")
+                      f"retraining: validation accuracy {accuracy:.2%} "
+                      f"(dense {results['baseline_accuracy']:.2%})</pre>")
         _show(plot, fig)
 
     for control in (layer, granularity, sparsity):
@@ -246,25 +246,27 @@ def pruning_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
     return widgets.VBox([widgets.HBox([layer, sparsity]), granularity, text, plot])
 
 
-def draw_shared_weights(fig: plt.Figure, weight: torch.Tensor, clusters: int, title: str = "") -> torch.Tensor:
-    """Histogram of a layer's weights with the ``clusters`` k-means centroids (linear initialisation) drawn over
-    it; returns the centroids."""
+def draw_shared_weights(fig: plt.Figure, weight: torch.Tensor, centroids: torch.Tensor, title: str = "") -> float:
+    """Histogram of a layer's weights with the shared values (e.g. k-means centroids) drawn over it; each weight
+    takes its nearest shared value. Returns the squared error as a fraction of the weights' variance."""
     values = weight.detach().flatten().float()
-    centroids, labels = kmeans_1d(values, clusters, "linear")
-    error = float(((centroids[labels] - values) ** 2).mean() / values.var())
+    centroids = torch.as_tensor(centroids, dtype=torch.float32).sort().values
+    nearest = centroids[torch.bucketize(values, (centroids[1:] + centroids[:-1]) / 2)]
+    error = float(((nearest - values) ** 2).mean() / values.var())
     fig.clear()
     ax = fig.add_subplot()
     ax.hist(values.numpy(), bins=150, color=PALETTE[0], alpha=0.8)
     for centroid in centroids.tolist():
         ax.axvline(centroid, color=PALETTE[1], linewidth=0.8)
     ax.set(xlabel="weight value", ylabel="count (log scale)", yscale="log",
-           title=f"{title}{clusters} shared values (orange): squared error {error:.2%} of the weights' variance")
-    return centroids
+           title=f"{title}{len(centroids)} shared values (orange): squared error {error:.2%} of the weights' variance")
+    return error
 
 
 def sharing_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
-    """Pick a layer and a number of clusters: see its weight histogram with the k-means centroids, and the test
-    accuracy with only that layer shared (no fine-tuning; from the cached sweep ``results``)."""
+    """Pick a layer and a number of clusters: see its weight histogram with the k-means centroids, and the
+    validation accuracy with only that layer shared (no fine-tuning). Centroids and accuracies come from the cached
+    sweep ``results`` (k-means on 235,200 weights takes seconds: too slow for a slider)."""
     layers = sorted({key.split("/")[0] for key in results["clusters_per_layer"]})
     counts = sorted({int(key.split("/")[1]) for key in results["clusters_per_layer"]})
     layer = widgets.Dropdown(options=layers, description="layer")
@@ -275,10 +277,11 @@ def sharing_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
 
     def update(change: dict | None = None) -> None:
         weight = model.get_submodule(layer.value).weight
-        draw_shared_weights(fig, weight, clusters.value, f"{layer.value}: ")
-        accuracy = results["clusters_per_layer"][f"{layer.value}/{clusters.value}"]
+        key = f"{layer.value}/{clusters.value}"
+        draw_shared_weights(fig, weight, torch.tensor(results["codebooks"][key]), f"{layer.value}: ")
+        accuracy = results["clusters_per_layer"][key]
         text.value = (f"<pre>only {layer.value} shared ({clusters.value} values, {max(1, (clusters.value - 1).bit_length())}"
-                      f"-bit indices), no fine-tuning: test accuracy {accuracy:.2%} "
+                      f"-bit indices), no fine-tuning: validation accuracy {accuracy:.2%} "
                       f"(fp32 {results['baseline_accuracy']:.2%})</pre>")
         _show(plot, fig)
 

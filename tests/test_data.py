@@ -13,13 +13,31 @@ def test_every_shipped_file_matches_its_checksum():
     assert any(n.startswith("checkpoints/") for n in names)
 
 
-@pytest.mark.parametrize("split,count", [("train", 60000), ("test", 10000)])
+@pytest.mark.parametrize("split,count", [("train", 55000), ("val", 5000), ("test", 10000)])
 def test_full_fashion_mnist(split, count):
     images, labels = load_raw(split)
     assert images.shape == (count, 28, 28) and images.dtype == torch.uint8
     assert torch.bincount(labels).tolist() == [count // 10] * 10, "Fashion-MNIST is balanced"
     ds = load_fashion_mnist(split)
     assert ds.images.shape == (count, 1, 28, 28) and ds.images.dtype == torch.float32 and len(ds) == count
+
+
+EXPECTED_INDEX_SUM = 151_159_451  # of the 5,000 validation indices (seed 2026)
+
+
+def test_validation_split_is_held_out_of_training_stratified_and_fixed():
+    train_images, _ = load_raw("train")
+    val_images, val_labels = load_raw("val")
+    release, _ = data._load_release("train")
+    indices = data.validation_indices()
+    assert torch.equal(release[indices], val_images), "val is exactly the recorded indices of the release"
+    keep = torch.ones(len(release), dtype=torch.bool)
+    keep[indices] = False
+    assert torch.equal(release[keep], train_images), "train is everything else, in release order"
+    assert len(set(indices.tolist())) == 5000 and len(train_images) + len(val_images) == 60000
+    assert torch.bincount(val_labels).tolist() == [data.VALIDATION_PER_CLASS] * 10, "stratified"
+    # Fixed forever: the reference checkpoints were trained without exactly these images.
+    assert indices[:5].tolist() == [0, 16, 39, 53, 69] and int(indices.sum()) == EXPECTED_INDEX_SUM
 
 
 def test_training_images_are_normalised():
@@ -45,7 +63,7 @@ def test_loader_is_seeded_and_covers_the_split():
 
 
 def test_unknown_split():
-    with pytest.raises(ValueError, match="'train' or 'test'"):
+    with pytest.raises(ValueError, match="'train', 'val' or 'test'"):
         load_raw("validation")
 
 

@@ -87,6 +87,41 @@ def test_hutchinson_estimates_a_known_hessian_diagonal():
         P.hutchinson_hessian_diagonal(nn.Sequential(layer), lambda o, _: o.sum(), [])
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=40), st.lists(st.integers(0, 3), min_size=1, max_size=40),
+       st.floats(0.0, 0.99))
+def test_global_masks_remove_exactly_the_requested_count_even_with_ties(first, second, sparsity):
+    scores = {"a": torch.tensor(first, dtype=torch.float32), "b": torch.tensor(second, dtype=torch.float32)}
+    masks = P.masks_from_scores(scores, sparsity)
+    removed = sum(int((m == 0).sum()) for m in masks.values())
+    assert removed == round(sparsity * (len(first) + len(second)))
+    kept = torch.cat([s[m == 1] for s, m in zip(scores.values(), masks.values())])
+    dropped = torch.cat([s[m == 0] for s, m in zip(scores.values(), masks.values())])
+    assert not len(kept) or not len(dropped) or dropped.max() <= kept.min(), "only the lowest scores go"
+
+
+def test_gauss_newton_diagonal_is_the_exact_hessian_diagonal_of_a_relu_network():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 4))
+    x, y = torch.randn(12, 5), torch.randint(0, 4, (12,))
+    batches = [(x[:6], y[:6]), (x[6:], y[6:])]
+    diagonal = P.gauss_newton_diagonal(model, batches)
+    for name, index in (("0", 0), ("2", 2)):
+        weight = model[index].weight
+
+        def loss_of(w, index=index, weight=weight):
+            params = {f"{index}.weight": w}
+            return nn.functional.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
+
+        exact = torch.autograd.functional.hessian(loss_of, weight.detach()).reshape(weight.numel(), -1).diagonal()
+        assert torch.allclose(diagonal[name].flatten(), exact, atol=1e-6), name
+    assert all(bool((d >= 0).all()) for d in diagonal.values()), "a Gauss–Newton diagonal is never negative"
+    with pytest.raises(TypeError, match="Linear layers only"):
+        P.gauss_newton_diagonal(nn.Sequential(nn.Conv2d(1, 2, 3)), batches)
+    with pytest.raises(ValueError, match="no batch"):
+        P.gauss_newton_diagonal(model, [])
+
+
 def test_removing_a_channel_whose_output_is_zero_leaves_the_network_unchanged():
     torch.manual_seed(0)
     model = build_model("course_cnn").eval()
@@ -119,7 +154,7 @@ def test_removing_filters_of_the_last_conv_shrinks_the_classifier_and_keeps_kept
 def test_sparse_file_roundtrips_and_counts_its_indices(tmp_path):
     model = build_model("lenet_300_100")
     P.apply_masks(model, P.magnitude_masks(model, 0.9))
-    size = P.save_sparse(model, tmp_path / "sparse.safetensors")
+    size = P.save_sparse(model, tmp_path / "sparse.safetensors", formats=("csr",))
     weights = sum(m.weight.numel() for m in P.prunable_layers(model).values())
     kept = int(weights * 0.1)
     assert kept * (4 + 2) < size < kept * (4 + 2) + 16_000  # values + uint16 columns, plus rows, biases, header
@@ -127,6 +162,38 @@ def test_sparse_file_roundtrips_and_counts_its_indices(tmp_path):
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(reloaded(x), model(x))
+
+
+@pytest.mark.parametrize("sparsity,expected", [(0.0, "dense"), (0.5, "bitmask"), (0.99, "csr")])
+def test_each_weight_is_stored_in_its_smallest_format_and_reloads_exactly(tmp_path, sparsity, expected):
+    model = build_model("lenet_300_100")
+    if sparsity:
+        P.apply_masks(model, P.magnitude_masks(model, sparsity, "layer"))
+    path = tmp_path / "model.safetensors"
+    size = P.save_sparse(model, path)
+    assert set(P.stored_formats(path).values()) == {expected}
+    for layer in P.prunable_layers(model).values():
+        sizes = P.sparse_format_bytes(layer.weight)
+        assert sizes[expected] == min(sizes.values())
+    reloaded = P.load_sparse(path, build_model("lenet_300_100"))
+    for name, layer in P.prunable_layers(model).items():
+        assert torch.equal(reloaded.get_submodule(name).weight, layer.weight.detach())
+    assert size <= P.save_sparse(model, tmp_path / "csr.safetensors", formats=("csr",))
+    with pytest.raises(ValueError, match="formats must be chosen from"):
+        P.save_sparse(model, tmp_path / "x.safetensors", formats=("coo",))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.floats(0.0, 1.0))
+def test_format_byte_counts_match_their_definitions(rows, columns, density):
+    generator = torch.Generator().manual_seed(rows * 41 + columns)
+    kept_positions = torch.rand(rows, columns, generator=generator) < density
+    weight = torch.randn(rows, columns, generator=generator) * kept_positions
+    kept = int(weight.count_nonzero())
+    sizes = P.sparse_format_bytes(weight)
+    assert sizes == {"dense": 4 * rows * columns, "csr": 6 * kept + 4 * (rows + 1),
+                     "bitmask": -(-rows * columns // 8) + 4 * kept}
+    assert torch.equal(P._unpack_bits(P._pack_bits(weight != 0), weight.numel()), (weight != 0).flatten())
 
 
 def test_l1_filter_selection_keeps_the_largest_filters():
@@ -139,13 +206,36 @@ def test_l1_filter_selection_keeps_the_largest_filters():
         P.l1_filter_selection(model, 0.0)
 
 
-def test_gradual_prune_follows_the_cubic_schedule_and_keeps_its_masks():
+def test_gradual_prune_follows_the_cubic_schedule_step_by_step(monkeypatch):
     model = build_model("lenet_300_100")
-    used = P.gradual_prune(model, 0.8, epochs=3, pruning_epochs=2, lr=0.01, steps_per_epoch=2, progress=False)
-    assert used == pytest.approx([P.cubic_schedule(1, 2, 0.8), 0.8, 0.8], abs=1e-4)
+    seen = []
+    original_apply = P.apply_masks
+    monkeypatch.setattr(P, "apply_masks", lambda m, masks: seen.append(P.sparsity_of(original_apply(m, masks))))
+    used = P.gradual_prune(model, 0.8, epochs=3, pruning_epochs=2, every_steps=2, lr=0.01, steps_per_epoch=4,
+                           progress=False)
+    monkeypatch.undo()
+    assert seen == pytest.approx([P.cubic_schedule(s, 8, 0.8) for s in (2, 4, 6, 8)], abs=1e-4)
+    assert used == pytest.approx([P.cubic_schedule(4, 8, 0.8), 0.8, 0.8], abs=1e-4)
     assert abs(P.sparsity_of(model) - 0.8) < 1e-3
     with pytest.raises(ValueError, match="pruning_epochs"):
         P.gradual_prune(model, 0.8, epochs=2, pruning_epochs=3)
+    with pytest.raises(ValueError, match="every_steps"):
+        P.gradual_prune(model, 0.8, epochs=2, pruning_epochs=1, every_steps=0)
+
+
+def test_new_masks_replace_old_ones_in_place_so_an_optimiser_keeps_training_the_layer():
+    model = build_model("lenet_300_100")
+    P.apply_masks(model, P.magnitude_masks(model, 0.5))
+    parameter = model.fc1.weight_orig
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    P.apply_masks(model, P.magnitude_masks(model, 0.7))
+    assert model.fc1.weight_orig is parameter and P.sparsity_of(model) == pytest.approx(0.7, abs=1e-4)
+    before = model.fc1.weight.detach().clone()
+    model(torch.randn(8, 1, 28, 28)).sum().backward()
+    optimiser.step()
+    after = P._weight(model.fc1)
+    assert not torch.equal(before, after), "the optimiser still updates the layer after its mask changed"
+    assert bool((after[model.fc1.weight_mask == 0] == 0).all()), "pruned weights stay zero"
 
 
 def test_gradual_prune_reaches_each_layers_own_target():

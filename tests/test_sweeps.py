@@ -6,6 +6,11 @@ from course_lib import sweeps
 from course_lib.quantize import CALIBRATIONS
 
 
+@pytest.mark.parametrize("name", sorted(sweeps.SWEEPS))
+def test_sweeps_measure_the_validation_split_not_the_test_set(name):
+    assert sweeps.load_results(name)["dataset"] == sweeps.SWEEP_DATASET
+
+
 def test_quantization_cache_covers_every_configuration():
     results = sweeps.load_results("quantization")
     expected = {sweeps.weight_quantization_key(b, g, m) for b in sweeps.WEIGHT_BITS for g in sweeps.GRANULARITIES
@@ -41,6 +46,13 @@ def test_pruning_cache_is_complete_and_tells_the_lessons():
     eighty = lenet["sparsities"].index(0.8)
     assert lenet["curves"]["global/retrained"][eighty] > lenet["baseline_accuracy"] - 0.01
     assert lenet["curves"]["global/pruned"][i] > lenet["curves"]["layer/pruned"][i], "global beats layer-wise"
+    for scope in ("global", "layer"):  # masks remove exactly the requested share (ties at the threshold included)
+        assert lenet["curves"][f"{scope}/reached"] == pytest.approx(lenet["sparsities"], abs=1e-5)
+    assert set(lenet["obd"]["accuracy"]) == {f"{m}/{s}" for m in ("magnitude", "obd", "obd-hutchinson")
+                                             for s in ("pruned", "retrained")}
+    lottery = lenet["lottery"]
+    for kind in ("ticket", "random_init", "random_mask"):
+        assert [len(runs) for runs in lottery[kind]] == [len(lottery["seeds"])] * len(lottery["kept"]), kind
     assert all(len(cnn["granularity_sweep"][g]) == len(cnn["sparsities"]) for g in ("connection", "vector",
                                                                                     "kernel", "filter"))
     assert set(cnn["table"]["accuracy"]) == {"connection", "vector", "kernel", "filter", "layer"}
@@ -51,18 +63,17 @@ def test_cached_pruning_entries_match_fresh_measurements():
 
     from course_lib import prune as P
     from course_lib.models import load_reference
-    from course_lib.train import evaluate
 
     results = sweeps.load_results("pruning")
     lenet = load_reference("lenet_300_100")
     i = results["lenet_300_100"]["sparsities"].index(0.8)
     for scope in ("global", "layer"):
         pruned = P.apply_masks(copy.deepcopy(lenet), P.magnitude_masks(lenet, 0.8, scope))
-        assert abs(evaluate(pruned) - results["lenet_300_100"]["curves"][f"{scope}/pruned"][i]) < 0.002
+        assert abs(sweeps.val_accuracy(pruned) - results["lenet_300_100"]["curves"][f"{scope}/pruned"][i]) < 0.002
     cnn, cached = load_reference("course_cnn"), results["course_cnn"]
     j = cached["sparsities"].index(0.4)
     kernel = P.apply_masks(copy.deepcopy(cnn), P.structured_masks(cnn, 0.4, "kernel", cached["layers"]))
-    assert abs(evaluate(kernel) - cached["granularity_sweep"]["kernel"][j]) < 0.002, \
+    assert abs(sweeps.val_accuracy(kernel) - cached["granularity_sweep"]["kernel"][j]) < 0.002, \
         "regenerate with: python -m course_lib.sweeps pruning"
 
 
@@ -71,20 +82,29 @@ def test_sharing_cache_is_complete_and_tells_the_lessons():
     lenet, lenet5 = results["lenet_300_100"], results["lenet5"]
     assert set(lenet["clusters_per_layer"]) == {f"{n}/{k}" for n in ("fc1", "fc2", "fc3")
                                                 for k in sweeps.WIDGET_CLUSTERS}
+    assert set(lenet["codebooks"]) == set(lenet["clusters_per_layer"])
+    assert all(len(lenet["codebooks"][key]) == int(key.split("/")[1]) for key in lenet["codebooks"])
     assert set(lenet["inits"]) == {f"{i}/{k}" for i in ("linear", "random", "density") for k in sweeps.INIT_CLUSTERS}
-    table = lenet5["bits_by_layer_type"]
-    assert set(table) == {f"{kind}/{b}" for kind in ("conv", "fc") for b in sweeps.SHARING_BITS}
-    assert table["fc/1"]["fine_tuned"] > table["fc/1"]["shared"], "fine-tuning lifts the low-bit end"
-    assert table["fc/8"]["shared"] > lenet5["baseline_accuracy"] - 0.003, "8 bits are nearly lossless"
+    table = lenet5["bits_per_layer"]
+    assert set(table) == {f"{layer}/{b}" for layer in sweeps.LENET5_LAYERS for b in sweeps.SHARING_BITS}
+    for layer in sweeps.LENET5_LAYERS:
+        assert table[f"{layer}/1"]["fine_tuned"] > table[f"{layer}/1"]["shared"], "fine-tuning lifts the low end"
+        assert table[f"{layer}/8"]["shared"] > lenet5["baseline_accuracy"] - 0.003, "8 bits are nearly lossless"
     for name, stages in results["deep_compression"].items():
         assert [s["stage"] for s in stages] == ["fp32", "pruned", "pruned-shared", "deep-compression"]
         sizes = [s["size_bytes"] for s in stages]
         assert sizes == sorted(sizes, reverse=True)
-        assert stages[2]["accuracy"] == stages[3]["accuracy"], "Huffman coding is lossless"
+        assert stages[2]["test_accuracy"] == stages[3]["test_accuracy"], "Huffman coding is lossless"
+        assert stages[2]["val_accuracy"] == stages[3]["val_accuracy"]
 
 
 @pytest.mark.parametrize("model_name,clusters,key", [("lenet_300_100", {"fc2": 4}, "fc2/4")])
 def test_cached_sharing_entries_match_fresh_measurements(model_name, clusters, key):
-    cached = sweeps.load_results("sharing")["lenet_300_100"]["clusters_per_layer"][key]
-    assert abs(sweeps.shared_accuracy(model_name, clusters) - cached) < 1e-4, \
+    cached = sweeps.load_results("sharing")["lenet_300_100"]
+    assert abs(sweeps.shared_accuracy(model_name, clusters) - cached["clusters_per_layer"][key]) < 1e-4, \
         "regenerate with: python -m course_lib.sweeps sharing"
+    from course_lib.models import load_reference
+
+    layer, k = key.split("/")
+    fresh = sweeps.layer_codebook(load_reference(model_name), layer, int(k))
+    assert fresh == pytest.approx(cached["codebooks"][key], abs=1e-6), "the widget's cached codebooks are honest"

@@ -19,7 +19,7 @@ def test_training_is_deterministic_and_learns():
         history = train(model, epochs=1, lr=2e-3, optimizer="adam", batch_size=256, progress=False)
         runs.append((_weights(model), history))
     assert torch.equal(runs[0][0], runs[1][0]), "same seed, same recipe: the same weights"
-    assert runs[0][1].test_accuracy[0] > 0.80, "one epoch of LeNet-300-100 already classifies most images"
+    assert runs[0][1].val_accuracy[0] > 0.80, "one epoch of LeNet-300-100 already classifies most images"
     assert not model.training
 
 

@@ -182,13 +182,14 @@ def test_sharing_explorer_follows_its_controls():
     plt.close("all")
 
 
-def test_draw_shared_weights_marks_every_centroid():
+def test_draw_shared_weights_marks_every_centroid_and_measures_the_error():
     from course_lib.widgets import draw_shared_weights
 
     fig = plt.figure()
-    weight = torch.randn(40, 30)
-    centroids = draw_shared_weights(fig, weight, 8)
-    assert len(centroids) == 8 and torch.equal(centroids, centroids.sort().values)
+    weight = torch.tensor([[-1.0, -0.9, 0.0], [0.1, 1.0, 1.1]])
+    error = draw_shared_weights(fig, weight, torch.tensor([1.05, -0.95, 0.05]))
+    expected = float((torch.full((6,), 0.05) ** 2).mean() / weight.var())
+    assert error == pytest.approx(expected, rel=1e-5), "each weight takes its nearest shared value"
     ax = fig.axes[0]
-    assert len(ax.lines) == 8 and ax.get_xlabel() == "weight value" and "8 shared values" in ax.get_title()
+    assert len(ax.lines) == 3 and ax.get_xlabel() == "weight value" and "3 shared values" in ax.get_title()
     plt.close(fig)
