@@ -27,17 +27,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from course_lib.io import atomic_path
 
 
-def report_claim(holds: bool, claim: str, caveat: str) -> bool:
+def report_claim(holds: bool, claim: str, caveat: str) -> None:
     """Print whether a timing claim held on this run; never fail (a busy laptop must not break a notebook).
 
-    Timings are observations: the bench (``python -m course_lib.bench``) measures them with more rounds.
-    Returns ``holds`` so that a caller can branch on it."""
+    Timings are observations: the bench (``python -m course_lib.bench``) measures them with more rounds."""
     if holds:
         print(f"✓ on this run: {claim}")
     else:
         print(f"⚠ not on this run: {claim}. {caveat} Timings vary with the machine and its load; "
               "re-run the cell, or measure with more rounds: `python -m course_lib.bench`.")
-    return holds
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -44,15 +44,20 @@ def test_pruning_cache_is_complete_and_tells_the_lessons():
     i = lenet["sparsities"].index(0.9)
     assert lenet["curves"]["global/retrained"][i] > lenet["curves"]["global/pruned"][i] + 0.2, "retraining recovers"
     eighty = lenet["sparsities"].index(0.8)
-    assert lenet["curves"]["global/retrained"][eighty] > lenet["baseline_accuracy"] - 0.01
+    assert lenet["curves"]["global/retrained"][eighty] > lenet["baseline_accuracy"] - 0.015, "80%: about a point"
     assert lenet["curves"]["global/pruned"][i] > lenet["curves"]["layer/pruned"][i], "global beats layer-wise"
     for scope in ("global", "layer"):  # masks remove exactly the requested share (ties at the threshold included)
         assert lenet["curves"][f"{scope}/reached"] == pytest.approx(lenet["sparsities"], abs=1e-5)
     assert set(lenet["obd"]["accuracy"]) == {f"{m}/{s}" for m in ("magnitude", "obd", "obd-hutchinson")
                                              for s in ("pruned", "retrained")}
+    obd = lenet["obd"]["accuracy"]
+    assert all(o > m for o, m in zip(obd["obd/pruned"], obd["magnitude/pruned"])), "the exact diagonal beats magnitude"
+    assert obd["obd-hutchinson/pruned"][0] < obd["magnitude/pruned"][0] - 0.01, "a noisy estimate loses at 50%"
     lottery = lenet["lottery"]
     for kind in ("ticket", "random_init", "random_mask"):
         assert [len(runs) for runs in lottery[kind]] == [len(lottery["seeds"])] * len(lottery["kept"]), kind
+    mean = {kind: [sum(runs) / len(runs) for runs in lottery[kind]] for kind in ("ticket", "random_mask")}
+    assert all(t > r for t, r in zip(mean["ticket"], mean["random_mask"])), "the mask carries the most"
     assert all(len(cnn["granularity_sweep"][g]) == len(cnn["sparsities"]) for g in ("connection", "vector",
                                                                                     "kernel", "filter"))
     assert set(cnn["table"]["accuracy"]) == {"connection", "vector", "kernel", "filter", "layer"}
