@@ -260,9 +260,12 @@ def quantization(rt: Runtime) -> list[Row]:
                 + [_dynamic_int8_minilm_row(rt, Path(folder))])
 
 
-PRUNING_SCHEDULE = ((0.5, 2), (0.75, 2), (0.9, 8))  # (sparsity, retraining epochs) per round
+# Recipes chosen on the validation split (validation accuracy; dense LeNet-300-100 90.84%, course CNN 94.68%):
+# last round of 8 epochs 89.64%, gradual (cubic, 12 epochs) 89.68-89.84%, last round of 16 epochs 90.02%;
+# filters kept 50% (4 or 6 epochs) 94.16% / 94.00%, 60% (4 epochs) 94.36% (48.5% of the parameters).
+PRUNING_SCHEDULE = ((0.5, 2), (0.75, 2), (0.9, 16))  # (sparsity, retraining epochs) per round
 PRUNING_TRAINING = dict(RETRAIN_RECIPE, progress=False)
-FILTER_KEEP_FRACTION, FILTER_FINE_TUNE_EPOCHS = 0.5, 4
+FILTER_KEEP_FRACTION, FILTER_FINE_TUNE_EPOCHS = 0.6, 4
 
 
 def _magnitude_pruned_row(rt: Runtime, folder: Path) -> Row:
@@ -284,7 +287,7 @@ def _magnitude_pruned_row(rt: Runtime, folder: Path) -> Row:
 
 
 def _filter_pruned_row(rt: Runtime, folder: Path) -> Row:
-    """Course CNN with half of every convolution's filters (smallest L1) removed, fine-tuned, saved, reloaded."""
+    """Course CNN with 40% of every convolution's filters (smallest L1) removed, fine-tuned, saved, reloaded."""
     dense, dense_size = _write_and_reload(load_reference("course_cnn"), lambda: build_model("course_cnn"), folder,
                                           "course_cnn", rt.device)
     selection = l1_filter_selection(dense, FILTER_KEEP_FRACTION)

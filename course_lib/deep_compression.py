@@ -48,7 +48,10 @@ class Recipe:
 
 
 RECIPES = {
-    "lenet_300_100": Recipe(sparsity={"fc1": 0.93, "fc2": 0.88, "fc3": 0.6}, bits={"fc1": 4, "fc2": 4, "fc3": 5}),
+    # 16 epochs (8 of them pruning) chosen on the validation split: 0.5 points lost there, against 1.2 with 12 (6)
+    # and 0.9 with 12 epochs of distillation, at 48× in every case
+    "lenet_300_100": Recipe(sparsity={"fc1": 0.93, "fc2": 0.88, "fc3": 0.6}, bits={"fc1": 4, "fc2": 4, "fc3": 5},
+                            prune_epochs=16, pruning_epochs=8),
     "lenet5": Recipe(sparsity={"conv1": 0.4, "conv2": 0.8, "fc1": 0.93, "fc2": 0.5},
                      bits={"conv1": 6, "conv2": 5, "fc1": 4, "fc2": 5}, prune_epochs=16, pruning_epochs=8,
                      distill=True, retrain=DISTILL_RETRAIN),
