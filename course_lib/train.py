@@ -166,3 +166,28 @@ def _has_conv(model: nn.Module) -> bool:
 def fine_tune(model: nn.Module, epochs: int = 1, lr: float = 1e-3, **kwargs) -> History:
     """Briefly retrain an already trained (e.g. compressed) model with a small learning rate."""
     return train(model, epochs=epochs, lr=lr, **kwargs)
+
+
+@torch.no_grad()
+def reestimate_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int = 128) -> nn.Module:
+    """Recompute every batch norm's running mean and variance from ``images`` (the average over the batches),
+    with no weight changed: the fix for statistics that no longer match after the weights were altered (e.g.
+    quantized). Returns ``model`` in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise ValueError("the model has no batch-norm layer: there are no statistics to re-estimate")
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 images to estimate a variance, got {len(images)}")
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over all the batches, not an exponential one
+    model.train()
+    device = _device_of(model)
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]  # a final batch of 1 has no variance: skipped
+        if len(batch) > 1:
+            model(batch.to(device))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    return model.eval()

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from course_lib.data import Dataset
 from course_lib.models import build_model
-from course_lib.train import augment_flip_crop, evaluate, fine_tune, predict, train
+from course_lib.train import augment_flip_crop, evaluate, fine_tune, predict, reestimate_batch_norm, train
 
 
 def _weights(model):
@@ -98,3 +98,25 @@ def test_augmentation_only_flips_and_shifts(seed, padding):
         crops = [p[:, dy:dy + 8, dx:dx + 8] for p in padded
                  for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)]
         assert any(torch.equal(augmented, crop) for crop in crops)
+
+
+def test_reestimate_batch_norm_averages_the_batches_and_changes_no_weight():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3, momentum=0.3))
+    images = torch.randn(256, 4) * 3 + 1
+    weights = {name: p.clone() for name, p in model.named_parameters()}
+    assert reestimate_batch_norm(model, images, batch_size=64) is model and not model.training
+    features = model[0](images).detach()
+    batches = features.split(64)
+    norm = model[1]
+    assert torch.allclose(norm.running_mean, features.mean(0), atol=1e-5), "the mean over all the batches"
+    assert torch.allclose(norm.running_var, torch.stack([b.var(0) for b in batches]).mean(0), atol=1e-4)
+    assert norm.momentum == 0.3, "the layer's own momentum is restored"
+    assert all(torch.equal(p, weights[name]) for name, p in model.named_parameters())
+
+
+def test_reestimate_batch_norm_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="no batch-norm layer"):
+        reestimate_batch_norm(build_model("lenet_300_100"), torch.randn(8, 1, 28, 28))
+    with pytest.raises(ValueError, match="at least 2 images"):
+        reestimate_batch_norm(build_model("course_cnn"), torch.randn(1, 1, 28, 28))
