@@ -25,14 +25,14 @@ from torch import nn
 
 from course_lib import deep_compression
 from course_lib.data import Dataset, load_fashion_mnist, load_lee_background, load_lee_corpus
-from course_lib.dataflow import measure_machine
+from course_lib.dataflow import LINEAR_SHAPE, measure_machine
 from course_lib.measure import LatencyStats, compare_latency, count_parameters, save_state_dict, serialized_bytes
 from course_lib.minilm import MiniLM, embed, lee_correlation, load_minilm, tokenize
 from course_lib.models import build_model, load_reference
 from course_lib.prune import (RETRAIN_RECIPE, l1_filter_selection, load_sparse, make_permanent, prune_and_retrain,
                               remove_filters, save_sparse, sparsity_of)
 from course_lib.quantize import (compile_for_cpu, linear_input_absmax, load_dynamic_int8, load_int8, quantize_dynamic,
-                                 quantize_static, save_dynamic_int8, save_int8)
+                                 quantize_embeddings, quantize_static, save_dynamic_int8, save_int8)
 from course_lib.runtime import Runtime, setup
 from course_lib.share import load_model
 from course_lib.train import evaluate, fine_tune
@@ -153,12 +153,17 @@ def _machine_row(rt: Runtime, variant: str, metric_name: str, value: float) -> R
 
 
 def dataflow(rt: Runtime) -> list[Row]:
-    """The machine's roofline (fp32 GEMM peak, copy bandwidth) and fp32 latency vs batch size (1, 8, 64)."""
+    """The machine's rooflines (fp32 peak of the matrix-product and the convolution library, copy bandwidth, the
+    fixed cost of a layer call, int8 vs fp32 on one Linear shape) and fp32 latency vs batch size (1, 8, 64)."""
     machine = measure_machine(rt.device)
-    rows = [_machine_row(rt, "fp32-matmul-peak", "gflops", machine.peak_gflops),
-            _machine_row(rt, "memory-bandwidth", "gbytes_per_s", machine.bandwidth_gbs)]
-    if machine.int8_peak_gops:
-        rows.append(_machine_row(rt, "int8-matmul-peak", "gops", machine.int8_peak_gops))
+    shape = "x".join(map(str, LINEAR_SHAPE))
+    rows = [_machine_row(rt, "fp32-matmul-peak", "gflops", machine.matmul_gflops),
+            _machine_row(rt, "fp32-conv-peak", "gflops", machine.conv_gflops),
+            _machine_row(rt, "memory-bandwidth", "gbytes_per_s", machine.bandwidth_gbs),
+            _machine_row(rt, "layer-call-overhead", "microseconds", machine.call_overhead_us)]
+    if machine.int8_linear_speedup:
+        rows += [_machine_row(rt, f"fp32-linear-{shape}", "gflops", machine.linear_fp32_gflops),
+                 _machine_row(rt, f"int8-linear-{shape}", "gops", machine.linear_int8_gops)]
     cnn, minilm = load_reference("course_cnn", rt.device), load_minilm(rt.device)
     cnn_accuracy, correlation = evaluate(cnn, device=rt.device), lee_correlation(minilm)
     cnn_bytes, minilm_bytes = serialized_bytes(cnn), serialized_bytes(minilm)
@@ -233,12 +238,14 @@ def minilm_calibration_absmax(model: nn.Module, documents: int = 64) -> dict[str
 
 def _dynamic_int8_minilm_row(rt: Runtime, folder: Path) -> Row:
     """MiniLM with every Linear in dynamic int8 (per-channel weights, 8-bit activations, SmoothQuant on the
-    feed-forward layers, the sensitive ones with outlier input channels)."""
+    feed-forward layers, the sensitive ones with outlier input channels) and int8 embedding tables (per row),
+    against fp32 with fused attention (``scaled_dot_product_attention``), the fair baseline."""
     fp32, fp32_size = _write_and_reload(load_minilm(), MiniLM, folder, "minilm", rt.device)
     documents, _ = load_lee_corpus()
     reference = embed(fp32, documents)
-    int8 = quantize_dynamic(fp32, per_channel=True, reduce_range=False, smooth_alpha=SMOOTHQUANT_ALPHA,
-                            absmax=minilm_calibration_absmax(fp32), smooth_names=SMOOTHED_LAYERS)
+    int8 = quantize_embeddings(quantize_dynamic(fp32, per_channel=True, reduce_range=False,
+                                                smooth_alpha=SMOOTHQUANT_ALPHA, absmax=minilm_calibration_absmax(fp32),
+                                                smooth_names=SMOOTHED_LAYERS))
     size = save_dynamic_int8(int8, folder / "minilm-int8.safetensors")
     reloaded = load_dynamic_int8(folder / "minilm-int8.safetensors", MiniLM())
     cosine = nn.functional.cosine_similarity(embed(reloaded, documents), reference).mean().item()

@@ -8,8 +8,12 @@ ridge point (peak / bandwidth) it is memory-bound, above it compute-bound.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -17,7 +21,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from course_lib.measure import LatencyStats, compare_latency, measure_latency
+from course_lib.measure import LatencyStats, compare_latency, latency_stats, measure_latency
 
 
 def _tensor_bytes(value: object) -> int:
@@ -131,59 +135,84 @@ def layer_latencies(model: nn.Module, *inputs: torch.Tensor, rounds: int = 10,
             for name in tqdm(chosen, desc="timing layers", leave=False)}
 
 
-def paired_layer_latencies(variants: dict[str, nn.Module], *inputs: torch.Tensor, rounds: int = 5
-                           ) -> dict[str, dict[str, LatencyStats]]:
-    """Each leaf layer of several variants of one model (same layer names, e.g. fp32 and int8), timed alone
-    in alternating rounds on the input the first variant's layer sees: ``{layer: {variant: stats}}``."""
-    reference = next(iter(variants.values()))
-    captured = layer_inputs(reference, *inputs)
-    leaves = {name: dict(_leaves(model)) for name, model in variants.items()}
-    missing = {v: sorted(set(captured) - set(layers)) for v, layers in leaves.items() if set(captured) - set(layers)}
-    if missing:
-        raise ValueError(f"the variants do not have the same layers: missing {missing}")
-    return {layer: compare_latency({v: leaves[v][layer] for v in variants}, args, rounds=rounds, warmup=2)
-            for layer, args in tqdm(captured.items(), desc="timing layers", leave=False)}
+@contextmanager
+def _exact_fp32(device: torch.device | str) -> Iterator[None]:
+    """On CUDA, switch TF32 off so that fp32 products really run in fp32 (TF32 rounds inputs to 10 bits)."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def gemm_rates(n: int = 1024, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                rounds: int = 10) -> dict[str, float]:
-    """Measured fp32 rate, in GFLOP/s, of PyTorch's two compute-bound workhorses.
+    """Measured fp32 rate, in GFLOP/s, of the two libraries that run a network's layers.
 
-    * an ``n x n x n`` matrix product (``torch.matmul``: the BLAS library, MKL on x86 CPUs, cuBLAS on GPUs);
-    * a 3x3 convolution, 256 -> 256 channels on 32x32 maps, batch 8, channels-last (oneDNN on CPUs, cuDNN on GPUs).
+    * ``"matmul"``: an ``n x n x n`` matrix product (``torch.matmul``: the BLAS library, MKL on x86 CPUs,
+      cuBLAS on GPUs), which runs Linear layers and attention's products;
+    * ``"conv"``: a 3x3 convolution, 256 -> 256 channels on 32x32 maps, batch 8, channels-last (oneDNN on CPUs,
+      cuDNN on GPUs), which runs Conv2d layers.
 
-    They can differ a lot: MKL, for example, does not use AVX-512 on AMD processors while oneDNN does.
-    The faster one is the practical compute peak of the machine.
+    They can differ a lot (MKL, for example, does not use AVX-512 on AMD processors while oneDNN does), so each
+    layer gets the roof of the library that runs it. On CUDA, TF32 is off while measuring.
     """
     if n < 64:
         raise ValueError(f"n={n} is too small to measure a peak: use n >= 64 (e.g. 1024)")
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     image = torch.randn(8, 256, 32, 32, dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(256, 256, 3, 3, dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
-    matmul = measure_latency(torch.matmul, (a, b), rounds=rounds, warmup=2)
-    conv = measure_latency(lambda x, w: nn.functional.conv2d(x, w, padding=1), (image, weight), rounds=rounds,
-                           warmup=2)
+    with _exact_fp32(device):
+        matmul = measure_latency(torch.matmul, (a, b), rounds=rounds, warmup=2)
+        conv = measure_latency(lambda x, w: nn.functional.conv2d(x, w, padding=1), (image, weight), rounds=rounds,
+                               warmup=2)
     conv_flops = 2 * 8 * 32 * 32 * 256 * 256 * 9
-    return {"torch.matmul (BLAS)": 2 * n**3 / (matmul.median_ms * 1e-3) / 1e9,
-            "3x3 convolution (oneDNN / cuDNN)": conv_flops / (conv.median_ms * 1e-3) / 1e9}
+    return {"matmul": 2 * n**3 / (matmul.median_ms * 1e-3) / 1e9,
+            "conv": conv_flops / (conv.median_ms * 1e-3) / 1e9}
 
 
-def int8_matmul_gops(n: int = 1024, device: torch.device | str = "cpu", rounds: int = 10) -> float:
-    """Measured rate of an int8 ``n x n`` matrix product with int32 accumulation (``torch._int_mm``), in GOP/s."""
-    a = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
-    b = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
-    stats = measure_latency(torch._int_mm, (a, b), rounds=rounds, warmup=2)
-    return 2 * n**3 / (stats.median_ms * 1e-3) / 1e9
+LINEAR_SHAPE = (4096, 384, 1536)  # a transformer feed-forward layer: 32 inputs x 128 tokens, 384 -> 1536 features
 
 
-def int8_matmul_available(device: torch.device | str = "cpu") -> bool:
-    """Whether this PyTorch build multiplies int8 matrices with int32 accumulation on ``device``."""
+def int8_linear_rates(shape: tuple[int, int, int] = LINEAR_SHAPE, device: torch.device | str = "cpu",
+                      rounds: int = 10) -> tuple[float, float] | None:
+    """``(fp32 GFLOP/s, int8 GOP/s)`` of one Linear layer of ``shape = (rows, in, out)``, timed in alternating
+    rounds: like with like, the same product through the fp32 kernel and through the int8 kernel a quantized
+    layer really uses.
+
+    On CPUs the int8 kernel is the dynamic int8 Linear of notebook 02 (FBGEMM: it also quantizes the input and
+    dequantizes the output on every call); on CUDA, ``torch._int_mm``. None where int8 products do not run.
+    """
+    from course_lib.quantize import DynamicInt8Linear  # noqa: PLC0415 (quantize is heavy; only this needs it)
+
+    rows, n_in, n_out = shape
+    x = torch.randn(rows, n_in, device=device)
+    linear = nn.Linear(n_in, n_out, device=device).eval()
     try:
-        a = torch.ones(64, 64, dtype=torch.int8, device=device)
-        torch._int_mm(a, a)
-        return True
-    except (RuntimeError, NotImplementedError):
-        return False
+        if torch.device(device).type == "cuda":
+            a = torch.randint(-128, 128, (rows, n_in), dtype=torch.int8, device=device)
+            b = torch.randint(-128, 128, (n_in, n_out), dtype=torch.int8, device=device)
+            candidates = {"fp32": linear, "int8": lambda _: torch._int_mm(a, b)}
+        else:
+            candidates = {"fp32": linear, "int8": DynamicInt8Linear.from_linear(linear.cpu(), per_channel=True)}
+        with _exact_fp32(device):
+            stats = compare_latency(candidates, (x,), rounds=rounds, warmup=2)
+    except (RuntimeError, NotImplementedError):  # no int8 kernels on this machine (e.g. ARM without FBGEMM)
+        return None
+    flops = 2 * rows * n_in * n_out
+    return tuple(flops / (stats[name].median_ms * 1e-3) / 1e9 for name in ("fp32", "int8"))
+
+
+def layer_call_overhead_us(device: torch.device | str = "cpu", rounds: int = 200) -> float:
+    """The fixed cost of calling one layer, in microseconds: a 1x1 convolution on a single pixel, whose bytes
+    and arithmetic are negligible (Python, the dispatcher, the library's setup; a kernel launch on GPUs)."""
+    layer = nn.Conv2d(1, 1, 1).to(device).eval()
+    pixel = torch.ones(1, 1, 1, 1, device=device)
+    return measure_latency(layer, (pixel,), rounds=rounds, warmup=20).median_ms * 1e3
 
 
 def memory_bandwidth_gbs(megabytes: int = 256, device: torch.device | str = "cpu", rounds: int = 10) -> float:
@@ -204,28 +233,163 @@ def attainable_gflops(intensity: float, peak_gflops: float, bandwidth_gbs: float
     return min(peak_gflops, bandwidth_gbs * intensity)
 
 
+Bound = Literal["overhead", "memory", "compute"]
+
+
 @dataclass(frozen=True)
 class Machine:
-    """This machine's measured roofline: the best fp32 GEMM rate, the copy bandwidth, the int8 GEMM rate."""
+    """This machine's measured rooflines: one fp32 roof per library (BLAS for matrix products, oneDNN/cuDNN for
+    convolutions), the copy bandwidth, the fixed cost of a layer call, and int8 vs fp32 on one Linear shape."""
 
     device: str
-    peak_gflops: float
+    matmul_gflops: float
+    conv_gflops: float
     bandwidth_gbs: float
-    int8_peak_gops: float | None = None
-    gemm_rates: tuple[tuple[str, float], ...] = ()
+    call_overhead_us: float = 0.0
+    linear_fp32_gflops: float | None = None
+    linear_int8_gops: float | None = None
 
     @property
-    def ridge_intensity(self) -> float:
-        """FLOPs per byte above which a layer is compute-bound."""
-        return self.peak_gflops / self.bandwidth_gbs
+    def roofs(self) -> dict[str, float]:
+        """``{library: fp32 peak GFLOP/s}``: the matrix-product library and the convolution library."""
+        gpu = self.device == "cuda"
+        return {"cuBLAS" if gpu else "BLAS": self.matmul_gflops, "cuDNN" if gpu else "oneDNN": self.conv_gflops}
+
+    def library_for(self, kind: str) -> str:
+        """The library (a key of :attr:`roofs`) that runs a layer of this kind: convolutions or matrix products."""
+        matmul, conv = self.roofs
+        return conv if kind.startswith("Conv") else matmul
+
+    def peak_for(self, kind: str) -> float:
+        """The fp32 roof of the library that runs a layer of this kind (``"Conv2d"``: convolutions, else BLAS)."""
+        return self.roofs[self.library_for(kind)]
+
+    def ridge_for(self, kind: str) -> float:
+        """FLOPs per byte above which a layer of this kind is compute-bound."""
+        return self.peak_for(kind) / self.bandwidth_gbs
+
+    @property
+    def int8_linear_speedup(self) -> float | None:
+        """How much faster the int8 Linear kernel ran than the fp32 one on the same product (None: no int8)."""
+        if self.linear_int8_gops is None or self.linear_fp32_gflops is None:
+            return None
+        return self.linear_int8_gops / self.linear_fp32_gflops
+
+    def time_terms_us(self, layer: LayerStats) -> dict[Bound, float]:
+        """The roofline's three estimates of a layer's time, in microseconds: the fixed cost of a call, moving its
+        bytes at the memory bandwidth, and its FLOPs at its library's peak. The largest one is what bounds it.
+        Estimates, not guarantees: element-wise calls cost less than the measured convolution call, and weights
+        that stay in the cache move faster than the memory bandwidth."""
+        return {"overhead": self.call_overhead_us,
+                "memory": layer.moved_bytes / (self.bandwidth_gbs * 1e9) * 1e6,
+                "compute": 2 * layer.macs / (self.peak_for(layer.kind) * 1e9) * 1e6}
+
+    def bound(self, layer: LayerStats) -> Bound:
+        """Which of overhead, memory and compute bounds this layer on this machine (the largest time term)."""
+        terms = self.time_terms_us(layer)
+        return max(terms, key=terms.__getitem__)
 
 
 def measure_machine(device: torch.device | str = "cpu", matmul_size: int = 1024, copy_megabytes: int = 256) -> Machine:
-    """Measure the fp32 peak (the faster of the two GEMM libraries), memory bandwidth and the int8 GEMM rate."""
+    """Measure both fp32 roofs, the memory bandwidth, the per-call overhead and int8 vs fp32 on one Linear."""
     rates = gemm_rates(matmul_size, device=device)
-    int8 = int8_matmul_gops(matmul_size, device) if int8_matmul_available(device) else None
-    return Machine(torch.device(device).type, max(rates.values()), memory_bandwidth_gbs(copy_megabytes, device),
-                   int8, tuple(rates.items()))
+    int8 = int8_linear_rates(device=device)
+    return Machine(torch.device(device).type, rates["matmul"], rates["conv"],
+                   memory_bandwidth_gbs(copy_megabytes, device), layer_call_overhead_us(device),
+                   *(int8 or (None, None)))
+
+
+ELEMENTWISE_KINDS = ("BatchNorm1d", "BatchNorm2d", "ReLU", "GELU", "Dropout", "Identity")
+
+
+def traffic_after_fusion(layers: Sequence[LayerStats], fused_kinds: Sequence[str]) -> int:
+    """Bytes moved by a model once every layer of a kind in ``fused_kinds`` that directly follows a computing
+    layer (or another fused one) is fused into it: its input and output never go to memory.
+
+    ``("BatchNorm2d",)`` is batch-norm folding (the conv's weights and bias absorb it); adding ``"ReLU"`` is what
+    a compiler or a fused conv+ReLU kernel does.
+    """
+    total, after_computing = 0, False
+    for layer in layers:
+        if layer.kind in fused_kinds and after_computing:
+            continue
+        total += layer.moved_bytes
+        after_computing = layer.macs > 0
+    return total
+
+
+@dataclass(frozen=True)
+class ContextTimes:
+    """One model's time, measured whole and layer by layer inside real forward passes."""
+
+    whole: LatencyStats  # the plain forward pass, no hooks
+    hooked_ms: float  # the median forward pass with the timing hooks in place
+    layers_ms: dict[str, float]  # each leaf layer's median time inside the hooked passes
+
+    @property
+    def other_ms(self) -> float:
+        """Time of the hooked pass spent outside every leaf layer: reshapes, residual additions, masks, glue."""
+        return max(self.hooked_ms - sum(self.layers_ms.values()), 0.0)
+
+    @property
+    def disagreement(self) -> float:
+        """Relative difference between the hooked pass and the plain one (the hooks' own cost, or noise)."""
+        return abs(self.hooked_ms - self.whole.median_ms) / self.whole.median_ms
+
+    def warning(self, tolerance: float = 0.10) -> str | None:
+        """A message when the parts (the hooked pass) and the whole disagree by more than ``tolerance``."""
+        if self.disagreement <= tolerance:
+            return None
+        return (f"the hooked pass took {self.hooked_ms:.1f} ms and the plain one {self.whole.median_ms:.1f} ms "
+                f"({self.disagreement:.0%} apart): the shares are unreliable; close other programs, add rounds")
+
+
+def layer_times_in_context(model: nn.Module, *inputs: torch.Tensor, rounds: int = 5, warmup: int = 2
+                           ) -> ContextTimes:
+    """Time every leaf layer *inside* real forward passes (hooks timestamp each call), alternating with plain
+    passes of the whole model. Unlike layers timed alone, the parts then add up to the pass they belong to."""
+    cuda = torch.device(next(iter(inputs)).device).type == "cuda"
+    starts: dict[str, float] = {}
+    spent: dict[str, float] = {}
+
+    def clock() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def before(name: str) -> None:
+        starts[name] = clock()
+
+    def after(name: str) -> None:
+        spent[name] = spent.get(name, 0.0) + clock() - starts.pop(name)
+
+    leaves = _leaves(model)
+    per_layer: dict[str, list[float]] = {name: [] for name, _ in leaves}
+    hooked: list[float] = []
+    plain: list[float] = []
+    with torch.inference_mode():
+        for round_index in tqdm(range(warmup + rounds), desc="timed passes", leave=False):
+            start = clock()
+            model(*inputs)
+            plain_ms = (clock() - start) * 1e3
+            handles = [h for name, module in leaves for h in (
+                module.register_forward_pre_hook(lambda m, a, name=name: before(name)),
+                module.register_forward_hook(lambda m, a, o, name=name: after(name)))]
+            spent.clear()
+            try:
+                start = clock()
+                model(*inputs)
+                hooked_ms = (clock() - start) * 1e3
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if round_index >= warmup:
+                plain.append(plain_ms)
+                hooked.append(hooked_ms)
+                for name in per_layer:
+                    per_layer[name].append(spent.get(name, 0.0) * 1e3)
+    return ContextTimes(latency_stats(plain), statistics.median(hooked),
+                        {name: statistics.median(times) for name, times in per_layer.items()})
 
 
 def latency_vs_batch(model: Callable, make_inputs: Callable[[int], tuple], batch_sizes: Sequence[int],

@@ -22,9 +22,16 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 
 from course_lib.io import atomic_path
+
+_CPU_FUSED_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+if _CPU_FUSED_ATTENTION not in flop_registry:  # PyTorch counts the GPU kernels of fused attention, not the CPU one
+    @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+    def _cpu_fused_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+        """FLOPs of the CPU's fused attention kernel: the two matrix products, as for the GPU kernels."""
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def report_claim(holds: bool, claim: str, caveat: str) -> None:
@@ -94,7 +101,8 @@ class LatencyStats:
         return f"{self.median_ms:.2f} ms (p10-p90 {self.p10_ms:.2f}-{self.p90_ms:.2f})"
 
 
-def _stats(samples: list[float]) -> LatencyStats:
+def latency_stats(samples: list[float]) -> LatencyStats:
+    """Median and p10-p90 of latency samples (ms)."""
     ordered = sorted(samples)
     if len(ordered) >= 2:
         deciles = statistics.quantiles(ordered, n=10, method="inclusive")
@@ -163,7 +171,7 @@ def compare_latency(
         for _ in range(rounds):
             for name, fn in candidates.items():
                 samples[name].append(_time_once(fn, inputs, calls_per_round))
-    return {name: _stats(values) for name, values in samples.items()}
+    return {name: latency_stats(values) for name, values in samples.items()}
 
 
 def measure_latency(model: Callable, inputs: tuple, rounds: int = 15, warmup: int = 3,

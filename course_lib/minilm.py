@@ -43,11 +43,33 @@ class MiniLMConfig:
 
 
 class AttentionCore(nn.Module):
-    """softmax(q k^T / sqrt(d) + mask) v: the part of attention without weights (a module so it can be profiled)."""
+    """softmax(q k^T / sqrt(d) + mask) v: the part of attention without weights (a module so it can be profiled).
+
+    ``fused=True`` (the default, what a practitioner runs) calls PyTorch's fused
+    ``scaled_dot_product_attention`` kernel, which never writes the full score matrix to memory;
+    ``fused=False`` spells out the three steps, materialising ``batch x heads x length x length`` scores.
+    Both compute the same function (to float rounding).
+    """
+
+    def __init__(self, fused: bool = True):
+        super().__init__()
+        self.fused = fused
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + key_mask
         return scores.softmax(-1) @ v
+
+
+def use_fused_attention(model: nn.Module, fused: bool) -> nn.Module:
+    """Switch every attention core of ``model`` to the fused kernel (``True``) or the unfused steps; returns it."""
+    cores = [m for m in model.modules() if isinstance(m, AttentionCore)]
+    if not cores:
+        raise ValueError("the model has no AttentionCore: only MiniLM-style models can switch attention kernels")
+    for core in cores:
+        core.fused = fused
+    return model
 
 
 class SelfAttention(nn.Module):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
@@ -68,36 +68,46 @@ def bar_panels(names: Sequence[str], panels: Sequence[tuple[str, Sequence[float]
     return fig
 
 
-def draw_roofline(ax: plt.Axes, peak_gflops: float, bandwidth_gbs: float,
-                  points: Sequence[tuple[str, float, float]] = (), highlight: str | None = None,
-                  int8_peak_gops: float | None = None) -> None:
-    """A log-log roofline: attainable GFLOP/s vs arithmetic intensity, with ``(label, intensity, GFLOP/s)`` points."""
+def draw_roofline(ax: plt.Axes, roofs: Mapping[str, float], bandwidth_gbs: float,
+                  points: Sequence[tuple[str, float, float, str]] = (), highlight: str | None = None,
+                  int8_gops: float | None = None) -> None:
+    """A log-log roofline with one fp32 roof per library (``{library: peak GFLOP/s}``) under one memory slope,
+    and ``(label, intensity, GFLOP/s, library)`` points coloured by the roof that applies to them."""
+    if not roofs:
+        raise ValueError("draw_roofline needs at least one roof, e.g. {'BLAS': 300.0}")
+    colors = {library: PALETTE[i % len(PALETTE)] for i, library in enumerate(roofs)}
+    unknown = sorted({p[3] for p in points} - set(roofs))
+    if unknown:
+        raise ValueError(f"points refer to roofs {unknown} that are not drawn; roofs: {list(roofs)}")
     intensities = [p[1] for p in points if p[1] > 0] or [1.0]
     low = min(min(intensities) / 2, 0.05)
-    high = max(max(intensities) * 2, 4 * peak_gflops / bandwidth_gbs)
+    high = max(max(intensities) * 2, 4 * max(roofs.values()) / bandwidth_gbs)
     xs = [low * (high / low) ** (i / 200) for i in range(201)]
-    ax.plot(xs, [min(peak_gflops, bandwidth_gbs * x) for x in xs], color="black", lw=2,
-            label=f"fp32 roofline ({bandwidth_gbs:.0f} GB/s, {peak_gflops:.0f} GFLOP/s)")
-    if int8_peak_gops:
-        ax.plot(xs, [min(int8_peak_gops, bandwidth_gbs * x) for x in xs], color="gray", lw=1, ls="--",
-                label=f"int8 roofline ({int8_peak_gops:.0f} GOP/s)")
-    ax.axvline(peak_gflops / bandwidth_gbs, color="gray", lw=0.8, ls=":")
-    for label, intensity, gflops in points:
+    for library, peak in roofs.items():
+        ax.plot(xs, [min(peak, bandwidth_gbs * x) for x in xs], color=colors[library], lw=2,
+                label=f"fp32 roof of {library}: {peak:.0f} GFLOP/s")
+        ax.axvline(peak / bandwidth_gbs, color=colors[library], lw=0.8, ls=":")
+    if int8_gops:
+        ax.plot(xs, [min(int8_gops, bandwidth_gbs * x) for x in xs], color="gray", lw=1, ls="--",
+                label=f"int8 Linear kernel ({int8_gops:.0f} GOP/s)")
+    for label, intensity, gflops, library in points:
         chosen = label == highlight
-        ax.scatter([intensity], [gflops], s=60 if chosen else 18, zorder=3,
-                   color=PALETTE[3] if chosen else PALETTE[0], alpha=1.0 if chosen or highlight is None else 0.45)
+        ax.scatter([intensity], [gflops], s=60 if chosen else 18, zorder=3, color=colors[library],
+                   edgecolors="black" if chosen else "none", alpha=1.0 if chosen or highlight is None else 0.45)
         if chosen or (highlight is None and len(points) <= 12):
             ax.annotate(label, (intensity, gflops), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOPs per byte moved)")
     ax.set_ylabel("performance (GFLOP/s)")
+    ax.plot([], [], color="gray", lw=0.8, ls=":", label=f"ridge points (memory slope {bandwidth_gbs:.0f} GB/s)")
     ax.legend(loc="lower right", fontsize=8)
 
 
 def profile_bars(layers: Sequence, title: str = "") -> plt.Figure:
-    """Per layer: weight bytes and activation bytes stacked (left), MACs (right); layers that compute only."""
-    chosen = [layer for layer in layers if layer.macs > 0]
+    """Per layer: weight bytes and activation bytes stacked (left), MACs (right). Element-wise layers (batch norm,
+    ReLU, pooling) are included: they compute nothing but move their activations."""
+    chosen = [layer for layer in layers if layer.moved_bytes > 0]
     names = [layer.name for layer in chosen]
     fig, (ax_bytes, ax_macs) = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.8), sharey=True)
     weights = [layer.weight_bytes / 1e3 for layer in chosen]

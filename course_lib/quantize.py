@@ -597,9 +597,7 @@ def replace_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module
     if unknown:
         raise ValueError(f"not Linear layers of this model: {unknown}; choose from e.g. {linears[:3]}")
     for name in chosen:
-        owner, _, attr = name.rpartition(".")
-        parent = replaced.get_submodule(owner) if owner else replaced
-        setattr(parent, attr, make(name, model.get_submodule(name)))
+        replaced.set_submodule(name, make(name, model.get_submodule(name)))
     return replaced
 
 
@@ -621,6 +619,39 @@ def linear_input_absmax(model: nn.Module, run: Callable[[], object]) -> dict[str
     if not stats:
         raise ValueError("no Linear layer ran during calibration: check that run() calls the model")
     return stats
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table kept as int8 codes with one fp32 scale per row (symmetric, min-max per row): a lookup
+    gathers the rows it needs and scales them back, so the table is ~4x smaller in the file and in memory."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor):
+        super().__init__()
+        if codes.dtype != torch.int8 or codes.dim() != 2 or scales.shape != codes.shape[:1]:
+            raise ValueError(f"expected int8 codes [rows, width] and one scale per row, got {codes.dtype} "
+                             f"{tuple(codes.shape)} and scales {tuple(scales.shape)}")
+        self.register_buffer("codes", codes)
+        self.register_buffer("scales", scales.float())
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding) -> Int8Embedding:
+        """Quantize a float embedding table row by row."""
+        qp = compute_qparams(embedding.weight.detach().float(), 8, symmetric=True, axis=0)
+        return cls(quantize(embedding.weight.detach().float(), qp).to(torch.int8), qp.scale)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.codes[ids].float() * self.scales[ids].unsqueeze(-1)
+
+
+def quantize_embeddings(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Embedding`` replaced by an :class:`Int8Embedding`."""
+    replaced = copy.deepcopy(model)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    if not names:
+        raise ValueError("the model has no nn.Embedding to quantize")
+    for name in names:
+        replaced.set_submodule(name, Int8Embedding.from_embedding(model.get_submodule(name)))
+    return replaced
 
 
 def quantize_dynamic(model: nn.Module, per_channel: bool = False, reduce_range: bool = True,
@@ -646,8 +677,9 @@ def quantize_dynamic(model: nn.Module, per_channel: bool = False, reduce_range: 
 
 
 def save_dynamic_int8(model: nn.Module, path: str | os.PathLike) -> int:
-    """Save a model holding :class:`DynamicInt8Linear` layers as safetensors: int8 weights with their scales,
-    everything else as stored; return the file's bytes. Reload with :func:`load_dynamic_int8`."""
+    """Save a model holding :class:`DynamicInt8Linear` layers (and, optionally, :class:`Int8Embedding` tables) as
+    safetensors: int8 weights with their scales, everything else as stored; return the file's bytes. Reload with
+    :func:`load_dynamic_int8`."""
     tensors: dict[str, torch.Tensor] = {}
     int8_layers = {n: m for n, m in model.named_modules() if isinstance(m, DynamicInt8Linear)}
     if not int8_layers:
@@ -673,6 +705,10 @@ def load_dynamic_int8(path: str | os.PathLike, skeleton: nn.Module) -> nn.Module
     with safe_open(str(path), "pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
         reduce_range = set(filter(None, (f.metadata() or {}).get("reduce_range", "").split(",")))
+    embeddings = [n for n, m in skeleton.named_modules() if isinstance(m, nn.Embedding) and f"{n}.codes" in tensors]
+    skeleton = copy.deepcopy(skeleton)
+    for name in embeddings:
+        skeleton.set_submodule(name, Int8Embedding(tensors.pop(f"{name}.codes"), tensors.pop(f"{name}.scales")))
     names = [key.removesuffix(".weight_int8") for key in tensors if key.endswith(".weight_int8")]
 
     def make(name: str, linear: nn.Linear) -> nn.Module:
@@ -687,5 +723,6 @@ def load_dynamic_int8(path: str | os.PathLike, skeleton: nn.Module) -> nn.Module
                                  tensors.get(f"{name}.inverse_smooth"))
 
     model = replace_linears(skeleton, make, names)
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict({**tensors, **{f"{n}.{b}": t for n in embeddings
+                                          for b, t in model.get_submodule(n).state_dict().items()}}, strict=True)
     return model.eval()

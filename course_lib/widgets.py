@@ -82,55 +82,60 @@ def prediction_browser(images: torch.Tensor, labels: torch.Tensor, probabilities
 
 
 def describe_layer(layer: LayerStats, machine: Machine) -> str:
-    """A layer's bytes, MACs and intensity, and what the roofline predicts for it on ``machine``."""
-    bound = "memory-bound" if layer.intensity < machine.ridge_intensity else "compute-bound"
-    memory_us = layer.moved_bytes / (machine.bandwidth_gbs * 1e9) * 1e6
-    compute_us = 2 * layer.macs / (machine.peak_gflops * 1e9) * 1e6
+    """A layer's bytes, MACs and intensity, and what the roofline predicts for it on ``machine``: the three
+    estimates of its time (a call's fixed cost, moving its bytes, its FLOPs at its library's peak)."""
+    terms = machine.time_terms_us(layer)
+    bound = machine.bound(layer)
+    library = machine.library_for(layer.kind)
+    compute = (f"MACs {layer.macs:,}; intensity {layer.intensity:.2f} FLOPs/byte (ridge of {library} "
+               f"{machine.ridge_for(layer.kind):.2f})" if layer.macs else "no MACs: element-wise, pure memory traffic")
     return (f"{layer.name} ({layer.kind}), batch {layer.input_shape[0] if layer.input_shape else '?'}\n"
             f"  parameters {layer.parameters:,} = {layer.weight_bytes:,} bytes of weights\n"
             f"  activations in {layer.input_shape} + out {layer.output_shape} = {layer.activation_bytes:,} bytes\n"
-            f"  MACs {layer.macs:,}; intensity {layer.intensity:.2f} FLOPs/byte "
-            f"(ridge point {machine.ridge_intensity:.2f}) -> {bound}\n"
-            f"  roofline time: at least {max(memory_us, compute_us):.1f} us "
-            f"(moving bytes {memory_us:.1f} us, computing {compute_us:.1f} us)")
+            f"  {compute}\n"
+            f"  roofline estimate {max(terms.values()):.1f} us -> {bound}-bound (call overhead {terms['overhead']:.1f} us, "
+            f"moving bytes {terms['memory']:.1f} us, computing {terms['compute']:.1f} us)")
 
 
 def draw_layer_roofline(fig: plt.Figure, machine: Machine, layers: list[LayerStats], highlight: str) -> None:
-    """The roofline with every computing layer of a model at its attainable rate, one highlighted."""
+    """The rooflines with every computing layer of a model at its attainable rate, one highlighted."""
     fig.clear()
     ax = fig.subplots()
-    points = [(layer.name, layer.intensity, attainable_gflops(layer.intensity, machine.peak_gflops,
-                                                               machine.bandwidth_gbs))
+    points = [(layer.name, layer.intensity,
+               attainable_gflops(layer.intensity, machine.peak_for(layer.kind), machine.bandwidth_gbs),
+               machine.library_for(layer.kind))
               for layer in layers if layer.macs > 0]
-    draw_roofline(ax, machine.peak_gflops, machine.bandwidth_gbs, points, highlight=highlight)
-    ax.set_title("where each layer sits on this machine's roofline (attainable rate)")
+    draw_roofline(ax, machine.roofs, machine.bandwidth_gbs, points, highlight=highlight)
+    ax.set_title("where each layer sits on this machine's rooflines (attainable rate)")
     fig.tight_layout()
 
 
 def roofline_explorer(profiles: dict[str, list[LayerStats]], machine: Machine,
                       batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)) -> widgets.VBox:
-    """Pick a model, a layer and a batch size; see its bytes, MACs, intensity and place on the roofline.
+    """Pick a model, a layer and a batch size; see its bytes, MACs, intensity, what bounds it and (for layers
+    that compute) its place on the roofline of the library that runs it.
 
     ``profiles`` maps a model name to its :func:`~course_lib.dataflow.layer_profile` (any batch size);
-    other batch sizes are derived exactly, since activations and MACs scale with the batch.
+    other batch sizes are derived exactly, since activations and MACs scale with the batch. Element-wise layers
+    (batch norm, ReLU, pooling) are listed too: they compute nothing but move their activations.
     """
-    computing = {name: [layer for layer in layers if layer.macs > 0] for name, layers in profiles.items()}
-    model = widgets.Dropdown(options=list(computing), description="model")
-    layer = widgets.Dropdown(options=[l.name for l in computing[model.value]], description="layer")
+    moving = {name: [layer for layer in layers if layer.moved_bytes > 0] for name, layers in profiles.items()}
+    model = widgets.Dropdown(options=list(moving), description="model")
+    layer = widgets.Dropdown(options=[l.name for l in moving[model.value]], description="layer")
     batch = widgets.SelectionSlider(options=list(batch_sizes), value=batch_sizes[0], description="batch size",
                                     continuous_update=False)
     text = widgets.HTML()
     plot, fig = _figure_output((7.5, 4.2))
 
     def update(change: dict | None = None) -> None:
-        layers = [l.at_batch(batch.value) for l in computing[model.value]]
+        layers = [l.at_batch(batch.value) for l in moving[model.value]]
         chosen = next(l for l in layers if l.name == layer.value)
         draw_layer_roofline(fig, machine, layers, chosen.name)
         text.value = f"<pre>{html.escape(describe_layer(chosen, machine))}</pre>"
         _show(plot, fig)
 
     def change_model(change: dict) -> None:
-        layer.options = [l.name for l in computing[model.value]]  # triggers update through layer's observer
+        layer.options = [l.name for l in moving[model.value]]  # triggers update through layer's observer
 
     model.observe(change_model, names="value")
     layer.observe(update, names="value")

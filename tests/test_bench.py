@@ -70,7 +70,9 @@ def test_dataflow_cli_rows():
                             capture_output=True, text=True, check=True)
     rows = json.loads(result.stdout)
     machine = {r["variant"]: r for r in rows if r["model"] == "machine"}
-    assert machine["fp32-matmul-peak"]["metric_name"] == "gflops" and machine["fp32-matmul-peak"]["metric"] > 1
+    for roof in ("fp32-matmul-peak", "fp32-conv-peak"):
+        assert machine[roof]["metric_name"] == "gflops" and machine[roof]["metric"] > 1
+    assert 0 < machine["layer-call-overhead"]["metric"] < 10_000
     assert machine["memory-bandwidth"]["metric_name"] == "gbytes_per_s" and machine["memory-bandwidth"]["metric"] > 0.5
     models = [(r["model"], r["variant"], r["batch_size"]) for r in rows if r["model"] != "machine"]
     assert models == [(m, "fp32", b) for m in ("course_cnn", "minilm") for b in (1, 8, 64)]
@@ -92,6 +94,7 @@ def test_quantization_cli_rows():
     assert by_key[("lenet5", "int8-static", 64)]["compression"] > 3.3
     minilm = by_key[("minilm", "int8-dynamic", 32)]
     assert minilm["metric_name"] == "cosine_to_fp32" and minilm["metric"] >= 0.99 and minilm["baseline_metric"] == 1.0
+    assert minilm["compression"] > 3.5, "int8 linear layers and int8 embedding tables"
     assert all(r["cpu_capability"] and r["latency_ms"] > 0 for r in rows)
 
 

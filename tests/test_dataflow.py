@@ -4,10 +4,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course_lib.dataflow import (LayerStats, Machine, attainable_gflops, format_profile, gemm_rates,
-                                 int8_matmul_available, layer_inputs, layer_latencies, layer_profile,
-                                 memory_bandwidth_gbs)
+                                 int8_linear_rates, layer_call_overhead_us, layer_inputs, layer_latencies,
+                                 layer_profile, layer_times_in_context, memory_bandwidth_gbs, traffic_after_fusion)
 from course_lib.exercises.dataflow import reference_linear_intensity
-from course_lib.minilm import MiniLM
+from course_lib.minilm import MiniLM, use_fused_attention
 from course_lib.models import build_model
 
 
@@ -63,31 +63,94 @@ def test_layer_inputs_and_latencies_time_each_layer_alone():
     assert list(latencies) == ["fc2"] and latencies["fc2"].median_ms > 0
 
 
-def test_paired_layer_latencies_time_variants_layer_by_layer():
-    from course_lib.dataflow import paired_layer_latencies
-    from course_lib.quantize import quantize_dynamic
-
-    model = build_model("lenet_300_100").eval()
-    x = torch.randn(4, 1, 28, 28)
-    paired = paired_layer_latencies({"fp32": model, "int8": quantize_dynamic(model)}, x, rounds=2)
-    assert list(paired) == ["fc1", "fc2", "fc3"]
-    assert set(paired["fc1"]) == {"fp32", "int8"} and paired["fc1"]["int8"].median_ms > 0
-    with pytest.raises(ValueError, match="do not have the same layers"):
-        paired_layer_latencies({"a": model, "b": torch.nn.Sequential(torch.nn.Flatten())}, x)
-
-
 def test_roofline():
     assert attainable_gflops(1.0, peak_gflops=100, bandwidth_gbs=20) == 20
     assert attainable_gflops(50.0, peak_gflops=100, bandwidth_gbs=20) == 100
-    assert Machine("cpu", 100.0, 20.0).ridge_intensity == 5.0
+
+
+def test_each_layer_gets_the_roof_of_its_library():
+    machine = Machine("cpu", matmul_gflops=100.0, conv_gflops=300.0, bandwidth_gbs=20.0)
+    assert machine.roofs == {"BLAS": 100.0, "oneDNN": 300.0}
+    assert machine.peak_for("Linear") == 100.0 and machine.peak_for("Conv2d") == 300.0
+    assert machine.ridge_for("Linear") == 5.0 and machine.ridge_for("Conv2d") == 15.0
+    assert Machine("cuda", 1.0, 2.0, 3.0).library_for("Conv2d") == "cuDNN"
+    assert machine.int8_linear_speedup is None
+    assert Machine("cpu", 100.0, 300.0, 20.0, 10.0, 200.0, 500.0).int8_linear_speedup == 2.5
+
+
+def test_three_regimes_overhead_memory_compute():
+    machine = Machine("cpu", matmul_gflops=100.0, conv_gflops=300.0, bandwidth_gbs=20.0, call_overhead_us=10.0)
+    lenet = layer_profile(build_model("lenet_300_100"), torch.zeros(1, 1, 28, 28))
+    fc1, fc3 = lenet[0], lenet[2]
+    assert machine.bound(fc1) == "memory"  # 942 kB of weights at 20 GB/s: 47 us
+    assert machine.bound(fc3) == "overhead"  # 4.5 kB and 1,000 MACs: the call costs more
+    assert machine.bound(fc1.at_batch(4096)) == "compute"
+    terms = machine.time_terms_us(fc1)
+    assert terms["memory"] == pytest.approx(fc1.moved_bytes / 20e3) and terms["overhead"] == 10.0
+    conv = next(l for l in layer_profile(build_model("course_cnn"), torch.zeros(1, 1, 28, 28))
+                if l.name == "features.3")
+    assert machine.time_terms_us(conv)["compute"] == pytest.approx(2 * conv.macs / 300e3)
+
+
+def test_fusion_removes_the_traffic_of_absorbed_element_wise_layers():
+    profile = layer_profile(build_model("course_cnn"), torch.zeros(2, 1, 28, 28))
+    total = sum(l.moved_bytes for l in profile)
+    kinds = {kind: sum(l.moved_bytes for l in profile if l.kind == kind) for kind in ("BatchNorm2d", "ReLU")}
+    assert traffic_after_fusion(profile, ()) == total
+    assert traffic_after_fusion(profile, ("BatchNorm2d",)) == total - kinds["BatchNorm2d"]
+    classifier_relu = next(l for l in profile if l.name == "classifier.2")  # after a Linear: fused as well
+    assert traffic_after_fusion(profile, ("BatchNorm2d", "ReLU")) == total - kinds["BatchNorm2d"] - kinds["ReLU"]
+    assert classifier_relu.kind == "ReLU"
+    relu_first = [LayerStats("r", "ReLU", 0, 0, (1, 4), (1, 4), 16, 16, 0)] + profile
+    assert traffic_after_fusion(relu_first, ("ReLU",)) - traffic_after_fusion(profile, ("ReLU",)) == 32, \
+        "an element-wise layer with no computing layer before it has nothing to fuse into"
+
+
+def test_layer_times_in_context_add_up_to_the_pass():
+    model = build_model("course_cnn").eval()
+    times = layer_times_in_context(model, torch.randn(4, 1, 28, 28), rounds=3, warmup=1)
+    assert set(times.layers_ms) == {l.name for l in layer_profile(model, torch.zeros(1, 1, 28, 28))}
+    assert all(ms > 0 for ms in times.layers_ms.values())
+    assert sum(times.layers_ms.values()) <= times.hooked_ms + 1e-9
+    assert times.other_ms == pytest.approx(times.hooked_ms - sum(times.layers_ms.values()))
+    assert len(times.whole.samples_ms) == 3
+
+
+def test_context_times_warn_when_parts_and_whole_disagree():
+    from course_lib.dataflow import ContextTimes
+    from course_lib.measure import latency_stats
+
+    agree = ContextTimes(latency_stats([10.0]), 10.5, {"a": 9.0})
+    apart = ContextTimes(latency_stats([10.0]), 12.0, {"a": 9.0})
+    assert agree.warning() is None and agree.other_ms == pytest.approx(1.5)
+    assert "20% apart" in apart.warning()
+
+
+def test_fused_and_unfused_attention_agree_and_count_the_same_macs():
+    from course_lib.measure import count_macs
+
+    model = MiniLM().eval()
+    ids, mask = torch.randint(0, 1000, (2, 16)), torch.ones(2, 16, dtype=torch.long)
+    mask[1, 10:] = 0
+    with torch.inference_mode():
+        fused = model(ids, mask)
+        unfused_macs = count_macs(use_fused_attention(model, False), ids, mask)
+        unfused = model(ids, mask)
+    use_fused_attention(model, True)
+    assert torch.allclose(fused, unfused, atol=1e-5)
+    assert count_macs(model, ids, mask) == unfused_macs
+    with pytest.raises(ValueError, match="no AttentionCore"):
+        use_fused_attention(build_model("lenet5"), True)
 
 
 def test_machine_measurements_are_plausible_and_validated():
     rates = gemm_rates(n=256, rounds=2)
-    assert set(rates) == {"torch.matmul (BLAS)", "3x3 convolution (oneDNN / cuDNN)"}
+    assert set(rates) == {"matmul", "conv"}
     assert all(1 < rate < 1e5 for rate in rates.values())
     assert 0.5 < memory_bandwidth_gbs(16, rounds=2) < 5000
-    assert isinstance(int8_matmul_available(), bool)
+    assert 0 < layer_call_overhead_us(rounds=20) < 10_000
+    fp32, int8 = int8_linear_rates((256, 128, 128), rounds=2)
+    assert 0.1 < fp32 < 1e5 and 0.1 < int8 < 1e5
     with pytest.raises(ValueError, match="too small"):
         gemm_rates(n=8)
     with pytest.raises(ValueError, match="cache"):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch import nn
 
-from course_lib.measure import (_stats, compare_latency, count_flops, count_macs, count_nonzeros, count_parameters,
+from course_lib.measure import (compare_latency, count_flops, count_macs, count_nonzeros, count_parameters, latency_stats,
                                 fixed_threads, measure_latency, peak_memory_bytes, save_state_dict, serialized_bytes)
 
 
@@ -76,7 +76,7 @@ def test_bad_timing_arguments():
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(0.01, 1e4), min_size=1, max_size=40))
 def test_latency_statistics_are_ordered(samples):
-    stats = _stats(samples)
+    stats = latency_stats(samples)
     assert min(samples) <= stats.p10_ms <= stats.median_ms <= stats.p90_ms <= max(samples)
 
 

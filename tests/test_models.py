@@ -39,3 +39,23 @@ def test_reference_checkpoint_reaches_its_accuracy(name):
     # Same weights, same test set: the recorded accuracy repeats (up to a few flipped borderline images
     # on a CPU with other vector instructions).
     assert accuracy == pytest.approx(reference_info(name)["test_accuracy"], abs=0.002)
+
+
+def test_fold_batch_norms_keeps_the_function_and_removes_the_norms():
+    from course_lib.models import fold_batch_norms
+
+    torch.manual_seed(0)
+    model = build_model("course_cnn").eval()
+    for module in model.modules():  # non-trivial statistics, so that folding has something to fold
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 2)
+    folded = fold_batch_norms(model)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), model(x), atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the original is untouched"
+    with pytest.raises(ValueError, match="nothing to fold"):
+        fold_batch_norms(build_model("lenet_300_100"))

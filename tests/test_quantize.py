@@ -307,6 +307,28 @@ def test_dynamic_int8_is_close_to_float_and_roundtrips(tmp_path):
     assert smoothed == ["layers.1.ffn.intermediate"]
 
 
+def test_int8_embeddings_shrink_the_file_and_roundtrip(tmp_path):
+    model = _tiny_minilm()
+    ids, mask = torch.randint(0, 100, (3, 10)), torch.ones(3, 10, dtype=torch.long)
+    linears_only = Q.quantize_dynamic(model, per_channel=True, reduce_range=False)
+    full = Q.quantize_embeddings(linears_only)
+    assert isinstance(full.word_embeddings, Q.Int8Embedding) and full.word_embeddings.codes.dtype == torch.int8
+    table = model.word_embeddings.weight
+    error = (full.word_embeddings(torch.arange(100)) - table).abs()
+    assert bool((error <= full.word_embeddings.scales[:, None] / 2 + 1e-7).all()), "at most half a step per row"
+    small = Q.save_dynamic_int8(full, tmp_path / "full.safetensors")
+    big = Q.save_dynamic_int8(linears_only, tmp_path / "linears.safetensors")
+    assert big - small > 0.7 * 3 * table.numel()  # 4 -> 1 byte per table entry, plus one scale per row
+    reloaded = Q.load_dynamic_int8(tmp_path / "full.safetensors", MiniLM(model.cfg))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, mask), full(ids, mask))
+        assert nn.functional.cosine_similarity(full(ids, mask), model(ids, mask)).min() > 0.99
+    with pytest.raises(ValueError, match="no nn.Embedding"):
+        Q.quantize_embeddings(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="one scale per row"):
+        Q.Int8Embedding(torch.zeros(4, 2, dtype=torch.int8), torch.ones(3))
+
+
 def test_simulated_linear_matches_the_int8_kernel():
     """With VNNI the kernel sums uint8 × int8 products into int32 and 8-bit activations are exact; on AVX2-only
     CPUs pairs of products are added in int16 (vpmaddubsw) and can saturate, so there the kernel is only exact

@@ -62,7 +62,7 @@ def _explorer_inputs():
     from course_lib.dataflow import Machine, layer_profile
     from course_lib.models import build_model
 
-    machine = Machine("cpu", peak_gflops=100.0, bandwidth_gbs=20.0)
+    machine = Machine("cpu", matmul_gflops=100.0, conv_gflops=300.0, bandwidth_gbs=20.0, call_overhead_us=5.0)
     profiles = {name: layer_profile(build_model(name), torch.zeros(1, 1, 28, 28))
                 for name in ("lenet_300_100", "course_cnn")}
     return machine, profiles
@@ -75,7 +75,12 @@ def test_describe_layer_says_memory_or_compute_bound():
     fc1 = profiles["lenet_300_100"][0]
     assert "memory-bound" in describe_layer(fc1, machine)
     assert "compute-bound" in describe_layer(fc1.at_batch(256), machine)
-    assert "942,000 bytes of weights" in describe_layer(fc1, machine)
+    assert "942,000 bytes of weights" in describe_layer(fc1, machine) and "ridge of BLAS 5.00" in describe_layer(fc1, machine)
+    assert "overhead-bound" in describe_layer(profiles["lenet_300_100"][2], machine)
+    conv = next(l for l in profiles["course_cnn"] if l.name == "features.3")
+    assert "ridge of oneDNN 15.00" in describe_layer(conv, machine)
+    relu = next(l for l in profiles["course_cnn"] if l.name == "features.2")
+    assert "no MACs" in describe_layer(relu.at_batch(256), machine) and "memory-bound" in describe_layer(relu.at_batch(256), machine)
 
 
 def test_roofline_explorer_follows_its_controls():
@@ -88,7 +93,9 @@ def test_roofline_explorer_follows_its_controls():
     batch.value = 64
     assert "batch 64" in text.value and "fc1" in text.value
     model.value = "course_cnn"
-    assert "features.0" in layer.options and "features.1" not in layer.options, "only layers that compute"
+    assert "features.0" in layer.options and "features.1" in layer.options, "element-wise layers move bytes too"
+    layer.value = "features.2"
+    assert "features.2 (ReLU), batch 64" in text.value and "no MACs" in text.value
     layer.value = "features.3"
     assert "features.3 (Conv2d), batch 64" in text.value
     plt.close("all")
@@ -98,9 +105,17 @@ def test_draw_roofline_labels_axes():
     from course_lib.plots import draw_roofline
 
     fig, ax = plt.subplots()
-    draw_roofline(ax, 100.0, 20.0, [("a", 0.5, 8.0), ("b", 50.0, 90.0)], highlight="b", int8_peak_gops=400.0)
+    roofs = {"BLAS": 100.0, "oneDNN": 300.0}
+    draw_roofline(ax, roofs, 20.0, [("a", 0.5, 8.0, "BLAS"), ("b", 50.0, 90.0, "oneDNN")], highlight="b",
+                  int8_gops=400.0)
     assert ax.get_xscale() == "log" and "FLOPs per byte" in ax.get_xlabel() and "GFLOP/s" in ax.get_ylabel()
-    assert len(ax.get_legend().get_texts()) == 2
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(legend) == 4 and "BLAS: 100 GFLOP/s" in legend[0] and "oneDNN: 300 GFLOP/s" in legend[1]
+    assert "20 GB/s" in legend[3]
+    with pytest.raises(ValueError, match="not drawn"):
+        draw_roofline(ax, {"BLAS": 100.0}, 20.0, [("c", 1.0, 1.0, "cuDNN")])
+    with pytest.raises(ValueError, match="at least one roof"):
+        draw_roofline(ax, {}, 20.0)
     plt.close(fig)
 
 
@@ -192,4 +207,16 @@ def test_draw_shared_weights_marks_every_centroid_and_measures_the_error():
     assert error == pytest.approx(expected, rel=1e-5), "each weight takes its nearest shared value"
     ax = fig.axes[0]
     assert len(ax.lines) == 3 and ax.get_xlabel() == "weight value" and "3 shared values" in ax.get_title()
+    plt.close(fig)
+
+
+def test_profile_bars_show_element_wise_layers_as_traffic():
+    from course_lib.dataflow import layer_profile
+    from course_lib.models import build_model
+    from course_lib.plots import profile_bars
+
+    profile = layer_profile(build_model("course_cnn"), torch.zeros(1, 1, 28, 28))
+    fig = profile_bars(profile)
+    names = [label.get_text() for label in fig.axes[0].get_yticklabels()]
+    assert "features.1" in names and "features.3" in names and len(names) == len(profile)
     plt.close(fig)
