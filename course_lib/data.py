@@ -13,7 +13,7 @@ import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -176,8 +176,8 @@ def load_raw(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     ``"train"`` is the 55,000 training images left after holding out ``"val"`` (5,000, stratified);
     ``"test"`` is the full 10,000-image test set.
     """
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"unknown split {split!r}: use 'train', 'val' or 'test'")
+    if split not in get_args(Split):
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(map(repr, get_args(Split)))}")
     if split == "test":
         return _load_release("test")
     images, labels = _load_release("train")

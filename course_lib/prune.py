@@ -419,8 +419,9 @@ def save_sparse(model: nn.Module, path: str | os.PathLike,
             continue
         tensors[f"{key}.shape"] = torch.tensor(weight.shape, dtype=torch.int32)
         if chosen == "bitmask":
-            tensors[f"{key}.bitmask"] = _pack_bits(weight != 0)
-            tensors[f"{key}.values"] = weight[weight != 0].contiguous()
+            nonzero = weight != 0
+            tensors[f"{key}.bitmask"] = _pack_bits(nonzero)
+            tensors[f"{key}.values"] = weight[nonzero].contiguous()
         else:
             csr = weight.flatten(1).to_sparse_csr()
             tensors[f"{key}.values"] = csr.values().contiguous()

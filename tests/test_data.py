@@ -63,7 +63,7 @@ def test_loader_is_seeded_and_covers_the_split():
 
 
 def test_unknown_split():
-    with pytest.raises(ValueError, match="'train', 'val' or 'test'"):
+    with pytest.raises(ValueError, match="use one of 'train', 'val', 'test'"):
         load_raw("validation")
 
 
