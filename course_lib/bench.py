@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from course_lib.data import Dataset, load_fashion_mnist, load_lee_background, lo
 from course_lib.dataflow import LINEAR_SHAPE, measure_machine
 from course_lib.measure import LatencyStats, compare_latency, count_parameters, save_state_dict, serialized_bytes
 from course_lib.minilm import MiniLM, embed, lee_correlation, load_minilm, tokenize
-from course_lib.models import build_model, load_reference
+from course_lib.models import StudentCNN, build_model, load_reference
 from course_lib.prune import (RETRAIN_RECIPE, l1_filter_selection, load_sparse, make_permanent, prune_and_retrain,
                               remove_filters, save_sparse, sparsity_of)
 from course_lib.quantize import (compile_for_cpu, linear_input_absmax, load_dynamic_int8, load_int8, quantize_dynamic,
@@ -68,6 +69,10 @@ class Row:
     cpu_capability: str
     torch_version: str
     kept_fraction: float | None = None  # pruning: fraction of the weights left
+    metric_std: float | None = None  # distillation: standard deviation of the metric over the seeds
+    seeds: int | None = None  # distillation: how many seeds the metric is the mean of
+    pearson_lee: float | None = None  # MiniLM students: Pearson r with the Lee corpus' human ratings
+    baseline_pearson_lee: float | None = None
 
 
 def make_row(rt: Runtime, topic: str, model: str, variant: str, batch_size: int, metric_name: str,
@@ -341,9 +346,70 @@ def sharing(rt: Runtime) -> list[Row]:
     return rows
 
 
+def distillation(rt: Runtime, epochs: int | None = None, steps_per_epoch: int | None = None) -> list[Row]:
+    """The student CNN trained alone and distilled from the course CNN (T and alpha chosen on the validation split
+    by ``python -m course_lib.sweeps distillation``), 3 seeds each, same recipe, data order and initial weights:
+    mean test accuracy of the reloaded files, against the teacher (size, latency at batch 64). ``epochs`` and
+    ``steps_per_epoch`` shorten the training (for tests); the figures come from the full recipe."""
+    from course_lib import distill as KD  # noqa: PLC0415 (only this topic needs it)
+    from course_lib.sweeps import DISTILL_SEEDS, load_results  # noqa: PLC0415
+
+    chosen = load_results("distillation")["chosen"]
+    recipe = {k: v for k, v in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)) if v is not None}
+    with tempfile.TemporaryDirectory() as folder:
+        teacher, teacher_size = _write_and_reload(load_reference("course_cnn"), lambda: build_model("course_cnn"),
+                                                  Path(folder), "course_cnn", rt.device)
+        teacher_accuracy = evaluate(teacher, device=rt.device)
+        targets = KD.teacher_logits(teacher, load_fashion_mnist("train").images)
+        losses = {"alone": KD.label_loss(), "distilled": KD.cached_distillation_loss(chosen["temperature"],
+                                                                                     chosen["alpha"])}
+        accuracies: dict[str, list[float]] = {variant: [] for variant in losses}
+        students: dict[str, nn.Module] = {}
+        for seed in DISTILL_SEEDS:
+            for variant, loss_fn in losses.items():
+                student = KD.train_student(StudentCNN, targets, loss_fn, seed=seed, device=rt.device, **recipe)
+                students[variant], size = _write_and_reload(student, StudentCNN, Path(folder), f"student-{variant}",
+                                                            rt.device)
+                accuracies[variant].append(evaluate(students[variant], device=rt.device))
+        x = load_fashion_mnist("test").images[:64].to(rt.device)
+        latency = compare_latency({"teacher": teacher, "student": students["distilled"]}, (x,), rounds=30)
+        rows = [dataclasses.replace(
+            make_row(rt, "distillation", "student_cnn", variant, 64, "accuracy", statistics.mean(values),
+                     teacher_accuracy, size, teacher_size, latency["student"], latency["teacher"]),
+            metric_std=round(statistics.stdev(values), 4), seeds=len(values)) for variant, values in accuracies.items()]
+        return rows + _minilm_student_rows(rt, Path(folder))
+
+
+def _minilm_student_rows(rt: Runtime, folder: Path) -> list[Row]:
+    """The 2-layer MiniLM student before (truncated) and after distillation (the checkpoint made by
+    ``python -m course_lib.train_reference --minilm-student``), files written and reloaded: mean cosine to the
+    teacher on the held-out Wikipedia sentences, Lee Pearson r, bytes and latency at batch 32 x 128 tokens."""
+    from course_lib.data import load_wikipedia_sentences  # noqa: PLC0415
+    from course_lib.minilm import STUDENT_LAYERS, load_minilm_student, truncated_minilm  # noqa: PLC0415
+
+    held_out = load_wikipedia_sentences()[2]
+    teacher, teacher_size = _write_and_reload(load_minilm(), MiniLM, folder, "minilm", rt.device)
+    reference = embed(teacher, held_out)
+    teacher_r = lee_correlation(teacher)
+    skeleton = lambda: truncated_minilm(MiniLM(), STUDENT_LAYERS)  # noqa: E731 (the student's shape, any weights)
+    students = {variant: _write_and_reload(load_minilm_student(distilled=variant == "distilled-student"), skeleton,
+                                           folder, variant, rt.device)
+                for variant in ("truncated-student", "distilled-student")}
+    latency = compare_latency({"teacher": teacher, **{v: m for v, (m, _) in students.items()}},
+                              minilm_inputs(32, rt.device), rounds=7, warmup=2)
+    rows = []
+    for variant, (student, size) in students.items():
+        cosine = nn.functional.cosine_similarity(embed(student, held_out), reference).mean().item()
+        row = make_row(rt, "distillation", "minilm", variant, 32, "cosine_to_fp32", cosine, 1.0, size, teacher_size,
+                       latency[variant], latency["teacher"])
+        rows.append(dataclasses.replace(row, pearson_lee=round(lee_correlation(student), 4),
+                                        baseline_pearson_lee=round(teacher_r, 4)))
+    return rows
+
+
 IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline, "dataflow": dataflow,
                                                          "quantization": quantization, "pruning": pruning,
-                                                         "sharing": sharing}
+                                                         "sharing": sharing, "distillation": distillation}
 
 
 def format_table(rows: list[Row]) -> str:

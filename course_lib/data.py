@@ -7,9 +7,12 @@ file and raises :class:`DataFileError` with the expected checksum and how to res
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
+import html
 import importlib.util
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -233,6 +236,53 @@ def load_lee_corpus() -> tuple[list[str], torch.Tensor]:
         raise DataFileError(f"Lee corpus has {len(documents)} documents and ratings {tuple(ratings.shape)}, "
                             "expected 50 and (50, 50). Restore it with `make setup`.")
     return documents, ratings
+
+
+WIKIPEDIA_DUMP = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+def _wiki_plain_text(markup: str) -> str:
+    """The running text of one Wikipedia article: references, templates, tables, files, headings and lists removed,
+    links replaced by their text."""
+    text = html.unescape(markup)
+    text = re.sub(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>|<!--.*?-->", "", text, flags=re.S)
+    for _ in range(5):  # templates nest: remove the innermost ones first
+        text = re.sub(r"\{\{[^{}]*\}\}", "", text)
+    text = re.sub(r"\{\|.*?\|\}", "", text, flags=re.S)
+    text = re.sub(r"\[\[(?:File|Image|Category):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", "", text)
+    text = re.sub(r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]", r"\1", text)
+    text = re.sub(r"\[https?://\S+ ([^\]]*)\]", r"\1", text)
+    text = re.sub(r"<[^>]+>", "", text).replace("'''", "").replace("''", "")
+    return " ".join(line for line in text.splitlines()
+                    if line.strip() and not line.lstrip().startswith(("=", "*", "#", "|", "!", "{", "}", ":", ";")))
+
+
+@lru_cache(maxsize=1)
+def load_wikipedia_sentences() -> tuple[list[str], list[str], list[str]]:
+    """English sentences (8 to 60 words) from the ~200 Wikipedia articles that ship in the pinned ``gensim`` wheel's
+    test data: ``(train, val, held_out)``. Articles are split whole (index mod 10: 0 held out, 5 validation, the
+    rest training), so that no sentence shares an article with one of another split (a sentence repeated in two
+    articles is kept only in the later split). Text: Wikipedia, CC BY-SA
+    (see data/README.md)."""
+    with bz2.open(package_file(WIKIPEDIA_DUMP)) as f:
+        articles = re.findall(r"<text[^>]*>(.*?)</text>", f.read().decode("utf-8"), flags=re.S)
+    train: list[str] = []
+    val: list[str] = []
+    held_out: list[str] = []
+    for index, article in enumerate(articles):
+        split = held_out if index % 10 == 0 else val if index % 10 == 5 else train
+        for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", _wiki_plain_text(article)):
+            words = sentence.split()
+            if 8 <= len(words) <= 60 and sentence.endswith((".", "!", "?")) and not re.search(r"[{}\[\]|=<>]", sentence):
+                split.append(" ".join(words))
+    held_out_set = set(held_out)  # a sentence repeated in two articles stays in the held-out split only
+    val = [s for s in val if s not in held_out_set]
+    val_set = set(val)
+    train = [s for s in train if s not in held_out_set and s not in val_set]
+    if len(train) < 10_000 or min(len(val), len(held_out)) < 500:
+        raise DataFileError(f"the Wikipedia sample gave {len(train)}, {len(val)} and {len(held_out)} sentences "
+                            "(train, val, held out), expected over 10,000, 500 and 500. Restore it with `make setup`.")
+    return train, val, held_out
 
 
 def load_lee_background() -> list[str]:

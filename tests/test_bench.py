@@ -109,3 +109,22 @@ def test_pruning_cli_rows():
     assert (cnn["model"], cnn["variant"], cnn["batch_size"]) == ("course_cnn", "filter-pruned", 64)
     assert cnn["metric"] >= cnn["baseline_metric"] - 0.01 and cnn["kept_fraction"] < 0.5
     assert abs(cnn["compression"] * cnn["kept_fraction"] - 1) < 0.05, "the file shrinks with the parameters"
+
+
+def test_distillation_rows_pair_alone_and_distilled_students(tmp_path):
+    """The real code with short training (the full recipe's figures come from the CLI): schema, seeds, sizes."""
+    from course_lib.bench import distillation
+    from course_lib.runtime import setup
+
+    rows = distillation(setup(), epochs=1, steps_per_epoch=20)
+    assert [(r.model, r.variant, r.batch_size) for r in rows] == [
+        ("student_cnn", "alone", 64), ("student_cnn", "distilled", 64),
+        ("minilm", "truncated-student", 32), ("minilm", "distilled-student", 32)]
+    truncated, distilled = rows[2:]
+    assert distilled.metric > truncated.metric + 0.2, "distillation raises the cosine to the teacher"
+    assert distilled.pearson_lee > truncated.pearson_lee and distilled.baseline_pearson_lee == pytest.approx(0.656, abs=0.002)
+    assert distilled.compression > 1.3 and distilled.metric_name == "cosine_to_fp32"
+    for row in rows[:2]:
+        assert row.seeds == 3 and row.metric_std is not None and 0.1 < row.metric < 1
+        assert row.compression > 10, "the student's file is over 10x smaller than the teacher's"
+        assert row.baseline_metric == pytest.approx(0.942, abs=1e-4) and row.latency_ms > 0

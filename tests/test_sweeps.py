@@ -113,3 +113,31 @@ def test_cached_sharing_entries_match_fresh_measurements(model_name, clusters, k
     layer, k = key.split("/")
     fresh = sweeps.layer_codebook(load_reference(model_name), layer, int(k))
     assert fresh == pytest.approx(cached["codebooks"][key], abs=1e-6), "the widget's cached codebooks are honest"
+
+
+def test_distillation_cache_is_complete_and_tells_the_lessons():
+    results = sweeps.load_results("distillation")
+    expected = {sweeps.distillation_key(t, a) for t in sweeps.DISTILL_TEMPERATURES for a in sweeps.DISTILL_ALPHAS}
+    assert set(results["grid"]) == expected
+    chosen = results["chosen"]
+    assert results["grid"][sweeps.distillation_key(chosen["temperature"], chosen["alpha"])] == max(results["grid"].values())
+    seeds = results["seeds"]
+    assert set(seeds["alone"]) == set(seeds["distilled"]) == {str(s) for s in sweeps.DISTILL_SEEDS}
+    assert all(seeds["distilled"][s] > seeds["alone"][s] for s in seeds["alone"]), "distilled wins on every seed"
+    omitted = results["omitted_class"]
+    assert omitted["alone"]["class_accuracy"] < 0.05, "a class never seen is never predicted"
+    assert omitted["distilled"]["class_accuracy_corrected"] > omitted["alone"]["class_accuracy_corrected"]
+
+
+def test_cached_distillation_entry_matches_a_fresh_run():
+    """One student (about a minute): the grid's chosen entry, retrained now."""
+    from course_lib import distill as KD
+    from course_lib.data import load_fashion_mnist
+    from course_lib.models import StudentCNN, load_reference
+
+    results = sweeps.load_results("distillation")
+    chosen = results["chosen"]
+    logits = KD.teacher_logits(load_reference("course_cnn"), load_fashion_mnist("train").images)
+    student = KD.train_student(StudentCNN, logits, KD.cached_distillation_loss(chosen["temperature"], chosen["alpha"]))
+    cached = results["grid"][sweeps.distillation_key(chosen["temperature"], chosen["alpha"])]
+    assert abs(sweeps.val_accuracy(student) - cached) < 0.005, "regenerate with: python -m course_lib.sweeps distillation"

@@ -120,3 +120,39 @@ def test_reestimate_batch_norm_refuses_what_it_cannot_do():
         reestimate_batch_norm(build_model("lenet_300_100"), torch.randn(8, 1, 28, 28))
     with pytest.raises(ValueError, match="at least 2 images"):
         reestimate_batch_norm(build_model("course_cnn"), torch.randn(1, 1, 28, 28))
+
+
+def test_targets_travel_with_their_images_and_subset_restricts_training():
+    from course_lib.data import load_fashion_mnist
+    from course_lib.train import train
+
+    data = load_fashion_mnist("train")
+    seen = []
+
+    def loss_fn(model, images, labels, targets):
+        seen.append((labels.clone(), targets.clone()))
+        return torch.nn.functional.cross_entropy(model(images), labels)
+
+    marker = data.labels.float() * 10  # a target that can be checked against its own image's label
+    subset = (data.labels != 3).nonzero().flatten()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    train(model, epochs=1, lr=0.01, loss_fn=loss_fn, targets=marker, subset=subset, steps_per_epoch=5,
+          evaluate_every_epoch=False, progress=False)
+    assert len(seen) == 5
+    for labels, targets in seen:
+        assert torch.equal(targets, labels.float() * 10) and not bool((labels == 3).any())
+
+
+def test_targets_are_refused_where_they_cannot_be_right():
+    from course_lib.train import train
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    with pytest.raises(ValueError, match="one row per training image"):
+        train(model, epochs=1, lr=0.01, loss_fn=lambda m, x, y, t: m(x).sum(), targets=torch.zeros(3, 10))
+    with pytest.raises(ValueError, match="augment=False"):
+        train(model, epochs=1, lr=0.01, loss_fn=lambda m, x, y, t: m(x).sum(), targets=torch.zeros(55_000, 10),
+              augment=True)
+    with pytest.raises(ValueError, match="need a loss_fn"):
+        train(model, epochs=1, lr=0.01, targets=torch.zeros(55_000, 10))
+    with pytest.raises(ValueError, match="subset must hold indices"):
+        train(model, epochs=1, lr=0.01, subset=torch.tensor([55_000]))

@@ -220,3 +220,22 @@ def test_profile_bars_show_element_wise_layers_as_traffic():
     names = [label.get_text() for label in fig.axes[0].get_yticklabels()]
     assert "features.1" in names and "features.3" in names and len(names) == len(profile)
     plt.close(fig)
+
+
+def test_distillation_explorer_follows_its_controls(monkeypatch):
+    from course_lib import widgets as W
+
+    results = {"grid": {f"T={t:g}/alpha={a:g}": 0.9 + t / 1000 + a / 100 for t in (1.0, 2.0, 4.0, 8.0, 20.0)
+                        for a in (0.5, 0.9, 1.0)},
+               "seeds": {"alone": {"0": 0.91}}, "teacher_accuracy": 0.95}
+    images, labels = torch.zeros(3, 1, 28, 28), torch.tensor([0, 6, 2])
+    logits = torch.tensor([[5.0, 0, 1, 0, 0, 0, 3, 0, 0, 0]] * 3)
+    box = W.distillation_explorer(images, labels, logits, results)
+    (index, temperature, alpha), text = box.children[0].children, box.children[1]
+    assert "T = 4, alpha = 0.9" in text.value and "91.30%" in text.value
+    temperature.value, alpha.value = 20.0, 1.0
+    assert "T = 20, alpha = 1" in text.value and "93.00%" in text.value
+    index.value = 1
+    with pytest.raises(ValueError, match="same length"):
+        W.distillation_explorer(images, labels[:2], logits, results)
+    plt.close("all")
