@@ -71,6 +71,7 @@ class Row:
     kept_fraction: float | None = None  # pruning: fraction of the weights left
     metric_std: float | None = None  # distillation: standard deviation of the metric over the seeds
     seeds: int | None = None  # distillation: how many seeds the metric is the mean of
+    seed_metrics: list[float] | None = None  # distillation: the metric of each seed, in seed order (paired)
     pearson_lee: float | None = None  # MiniLM students: Pearson r with the Lee corpus' human ratings
     baseline_pearson_lee: float | None = None
 
@@ -376,7 +377,8 @@ def distillation(rt: Runtime, epochs: int | None = None, steps_per_epoch: int | 
         rows = [dataclasses.replace(
             make_row(rt, "distillation", "student_cnn", variant, 64, "accuracy", statistics.mean(values),
                      teacher_accuracy, size, teacher_size, latency["student"], latency["teacher"]),
-            metric_std=round(statistics.stdev(values), 4), seeds=len(values)) for variant, values in accuracies.items()]
+            metric_std=round(statistics.stdev(values), 4), seeds=len(values),
+            seed_metrics=[round(v, 4) for v in values]) for variant, values in accuracies.items()]
         return rows + _minilm_student_rows(rt, Path(folder))
 
 

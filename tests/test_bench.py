@@ -126,5 +126,6 @@ def test_distillation_rows_pair_alone_and_distilled_students(tmp_path):
     assert distilled.compression > 1.3 and distilled.metric_name == "cosine_to_fp32"
     for row in rows[:2]:
         assert row.seeds == 3 and row.metric_std is not None and 0.1 < row.metric < 1
+        assert len(row.seed_metrics) == 3 and row.metric == pytest.approx(sum(row.seed_metrics) / 3, abs=1e-4)
         assert row.compression > 10, "the student's file is over 10x smaller than the teacher's"
         assert row.baseline_metric == pytest.approx(0.942, abs=1e-4) and row.latency_ms > 0
