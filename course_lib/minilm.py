@@ -209,14 +209,19 @@ def student_state(student: MiniLM) -> dict[str, torch.Tensor]:
     return {k: v.half().contiguous() for k, v in student.state_dict().items() if not k.endswith("_embeddings.weight")}
 
 
+def load_student_state(student: MiniLM, state: dict[str, torch.Tensor]) -> MiniLM:
+    """Load a :func:`student_state` (half precision, no embedding tables) into ``student``, in fp32; returns it."""
+    student.load_state_dict({**student.state_dict(), **{k: v.float() for k, v in state.items()}})
+    return student
+
+
 def load_minilm_student(device: torch.device | str = "cpu", distilled: bool = True) -> MiniLM:
     """The 2-layer student of all-MiniLM-L6-v2: the teacher's layers :data:`STUDENT_LAYERS` and embeddings, and,
     with ``distilled``, the weights distilled by ``python -m course_lib.train_reference --minilm-student``
     (verified by SHA-256); ``distilled=False`` gives the truncated student before distillation."""
     student = truncated_minilm(load_minilm(), STUDENT_LAYERS)
     if distilled:
-        trained = {k: v.float() for k, v in load_file(data_file(STUDENT_CHECKPOINT)).items()}
-        student.load_state_dict({**student.state_dict(), **trained})
+        load_student_state(student, load_file(data_file(STUDENT_CHECKPOINT)))
     return student.to(device).eval()
 
 

@@ -22,7 +22,7 @@ from . import prune as P
 from . import share as S
 from .data import DATA_DIR, load_fashion_mnist
 from .io import atomic_path
-from .models import load_reference
+from .models import NUM_CLASSES, load_reference
 from .quantize import CALIBRATIONS, quantize_weights
 from .runtime import setup
 from .train import evaluate, fine_tune, predict
@@ -297,7 +297,7 @@ def distillation(progress: bool = True) -> dict:
     train_images = load_fashion_mnist("train").images
     teacher = load_reference("course_cnn")
     targets = KD.teacher_targets(teacher, train_images, layer=ATTENTION_LAYERS["teacher"])
-    logits = targets[:, :10]
+    logits = targets[:, :NUM_CLASSES]
     runs = tqdm(total=len(DISTILL_TEMPERATURES) * len(DISTILL_ALPHAS) + 2 * len(DISTILL_SEEDS) - 1 + 2 + 3,
                 desc="students", disable=not progress)
 
@@ -306,14 +306,14 @@ def distillation(progress: bool = True) -> dict:
         runs.update()
         return student
 
-    grid = {distillation_key(t, a): val_accuracy(run(KD.cached_distillation_loss(t, a)))
-            for t in DISTILL_TEMPERATURES for a in DISTILL_ALPHAS}
-    chosen_key = max(grid, key=grid.__getitem__)
-    chosen = next((t, a) for t in DISTILL_TEMPERATURES for a in DISTILL_ALPHAS if distillation_key(t, a) == chosen_key)
+    scores = {(t, a): val_accuracy(run(KD.cached_distillation_loss(t, a)))
+              for t in DISTILL_TEMPERATURES for a in DISTILL_ALPHAS}
+    chosen = max(scores, key=scores.__getitem__)
+    grid = {distillation_key(*pair): accuracy for pair, accuracy in scores.items()}
     seeds = {"alone": {}, "distilled": {}}
     for seed in DISTILL_SEEDS:
         seeds["alone"][str(seed)] = val_accuracy(run(KD.label_loss(), seed))
-        seeds["distilled"][str(seed)] = (grid[chosen_key] if seed == 0
+        seeds["distilled"][str(seed)] = (scores[chosen] if seed == 0
                                          else val_accuracy(run(KD.cached_distillation_loss(*chosen), seed)))
     kept = (load_fashion_mnist("train").labels != OMITTED_CLASS).nonzero().flatten()
     omitted = {"class": OMITTED_CLASS, "training_images": len(kept)}

@@ -85,8 +85,8 @@ def train_minilm_student() -> dict:
     target = DATA_DIR / minilm.STUDENT_CHECKPOINT
     with atomic_path(target) as tmp:
         save_file(minilm.student_state(student), str(tmp))
-    shipped = minilm.truncated_minilm(teacher, minilm.STUDENT_LAYERS)
-    shipped.load_state_dict({**shipped.state_dict(), **{k: v.float() for k, v in minilm.student_state(student).items()}})
+    shipped = minilm.load_student_state(minilm.truncated_minilm(teacher, minilm.STUDENT_LAYERS),
+                                        minilm.student_state(student))
     return {"recipe": MINILM_STUDENT_RECIPE, "layers": list(minilm.STUDENT_LAYERS),
             "train_sentences": len(train_sentences), "val_cosine_truncated": before,
             "val_cosine_distilled": val_cosine(shipped), "epoch_losses": [round(x, 4) for x in losses],
