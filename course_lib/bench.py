@@ -74,6 +74,7 @@ class Row:
     seed_metrics: list[float] | None = None  # distillation: the metric of each seed, in seed order (paired)
     pearson_lee: float | None = None  # MiniLM students: Pearson r with the Lee corpus' human ratings
     baseline_pearson_lee: float | None = None
+    rank: int | None = None  # decomposition of MiniLM: the rank of every feed-forward layer
 
 
 def make_row(rt: Runtime, topic: str, model: str, variant: str, batch_size: int, metric_name: str,
@@ -409,9 +410,110 @@ def _minilm_student_rows(rt: Runtime, folder: Path) -> list[Row]:
     return rows
 
 
+def _decomposed_and_fine_tuned(rt: Runtime, name: str, plan: dict, folder: Path, epochs: int, recipe: dict
+                               ) -> tuple[nn.Module, int]:
+    """The reference model decomposed by ``plan``, fine-tuned, written with its plan, reloaded; and the file's bytes."""
+    from course_lib import decompose as D  # noqa: PLC0415 (only this topic needs it)
+
+    model = D.decompose(load_reference(name), plan)
+    fine_tune(model, epochs=epochs, evaluate_every_epoch=False, device=rt.device, **recipe)
+    size = D.save_decomposed(model, plan, folder / f"{name}-decomposed.safetensors")
+    return D.load_decomposed(folder / f"{name}-decomposed.safetensors", build_model(name)).to(rt.device), size
+
+
+def _decomposed_cnn_rows(rt: Runtime, folder: Path, steps_per_epoch: int | None) -> list[Row]:
+    """The course CNN decomposed with the plan chosen on validation by ``python -m course_lib.sweeps decomposition``
+    (Tucker-2 of five convolutions, SVD of the first classifier layer), fine-tuned, written and reloaded; timed at
+    batch 64 against the reference, both compiled (the fair baseline: BN folded, ops fused) and both eager."""
+    from course_lib import decompose as D  # noqa: PLC0415 (only this topic needs it)
+    from course_lib.sweeps import DECOMPOSITION_RETRAIN, RECOVERY_EPOCHS, load_results  # noqa: PLC0415
+
+    results = load_results("decomposition")["course_cnn"]
+    plan = D.plan_from_json(results["selection"][results["chosen"]]["plan"])
+    reference, reference_size = _write_and_reload(load_reference("course_cnn"), lambda: build_model("course_cnn"),
+                                                  folder, "course_cnn", rt.device)
+    reloaded, size = _decomposed_and_fine_tuned(rt, "course_cnn", plan, folder, RECOVERY_EPOCHS,
+                                                {**DECOMPOSITION_RETRAIN, "steps_per_epoch": steps_per_epoch})
+    accuracy, reference_accuracy = evaluate(reloaded, device=rt.device), evaluate(reference, device=rt.device)
+    x = load_fashion_mnist("test").images[:64].to(rt.device)
+    compile_fn = compile_for_cpu if rt.device.type == "cpu" else torch.compile
+    compiled = compare_latency({"fp32": compile_fn(reference), "tucker2": compile_fn(reloaded)}, (x,), rounds=20,
+                               warmup=3)
+    eager = compare_latency({"fp32": reference, "tucker2": reloaded}, (x,), rounds=15)
+    return [make_row(rt, "decomposition", "course_cnn", variant, 64, "accuracy", accuracy, reference_accuracy, size,
+                     reference_size, timed["tucker2"], timed["fp32"])
+            for variant, timed in (("tucker2", compiled), ("tucker2-eager", eager))]
+
+
+def _decomposed_lenet_row(rt: Runtime, folder: Path, steps_per_epoch: int | None) -> Row:
+    """LeNet-300-100 with fc1 (and fc2) factored by truncated SVD at the ranks chosen on validation, fine-tuned."""
+    from course_lib.sweeps import LENET_EPOCHS, LENET_RETRAIN, lenet_svd_plan, load_results  # noqa: PLC0415
+
+    results = load_results("decomposition")["lenet_300_100"]
+    dense, dense_size = _write_and_reload(load_reference("lenet_300_100"), lambda: build_model("lenet_300_100"),
+                                          folder, "lenet_300_100", rt.device)
+    reloaded, size = _decomposed_and_fine_tuned(rt, "lenet_300_100", lenet_svd_plan(*results["chosen_ranks"]), folder,
+                                                LENET_EPOCHS, {**LENET_RETRAIN, "steps_per_epoch": steps_per_epoch})
+    x = load_fashion_mnist("test").images[:64].to(rt.device)
+    latency = compare_latency({"dense": dense, "svd": reloaded}, (x,), rounds=30)
+    row = make_row(rt, "decomposition", "lenet_300_100", "svd", 64, "accuracy", evaluate(reloaded, device=rt.device),
+                   evaluate(dense, device=rt.device), size, dense_size, latency["svd"], latency["dense"])
+    return dataclasses.replace(row, kept_fraction=round(count_parameters(reloaded) / count_parameters(dense), 4))
+
+
+MINILM_COMPARED_RANK = 256  # the largest rank of the sweep at which a factored feed-forward layer is smaller
+
+
+def _decomposed_minilm_rows(rt: Runtime, folder: Path) -> list[Row]:
+    """MiniLM's 12 feed-forward Linears by plain and by whitened (activation-aware) SVD, both at rank 256 (the
+    largest swept rank that stores fewer weights) and each at the rank where it first reaches a cosine of 0.99 on the
+    validation sentences, written and reloaded: cosine to fp32 on the held-out sentences, Lee Pearson r, bytes,
+    latency at batch 32 x 128 tokens."""
+    from course_lib import decompose as D  # noqa: PLC0415
+    from course_lib.data import load_wikipedia_sentences  # noqa: PLC0415
+    from course_lib.sweeps import (load_results, minilm_ffn_covariances, minilm_ffn_decomposed,  # noqa: PLC0415
+                                   minilm_ffn_layers, minilm_rank_reaching)
+
+    results = load_results("decomposition")["minilm"]
+    held_out = load_wikipedia_sentences()[2]
+    fp32, fp32_size = _write_and_reload(load_minilm(), MiniLM, folder, "minilm", rt.device)
+    reference, fp32_r = embed(fp32, held_out), lee_correlation(fp32)
+    covariances = minilm_ffn_covariances(fp32)
+    reaching = {(method, minilm_rank_reaching(results, method, 0.99)) for method in ("svd", "asvd")}
+    variants = {(method, MINILM_COMPARED_RANK) for method in ("svd", "asvd")} | {v for v in reaching if v[1]}
+    models = {}
+    for method, rank in sorted(variants, key=lambda v: (v[1], v[0])):
+        decomposed = minilm_ffn_decomposed(fp32, rank, covariances if method == "asvd" else None)
+        plan = {name: ("svd", rank) for name in minilm_ffn_layers()}
+        path = folder / f"minilm-ffn-{method}-{rank}.safetensors"
+        size = D.save_decomposed(decomposed, plan, path)
+        models[(method, rank)] = (D.load_decomposed(path, MiniLM()).to(rt.device), size)
+    latency = compare_latency({"fp32": fp32, **{f"{m}/{r}": model for (m, r), (model, _) in models.items()}},
+                              minilm_inputs(32, rt.device), rounds=7, warmup=2)
+    rows = []
+    for (method, rank), (model, size) in models.items():
+        cosine = nn.functional.cosine_similarity(embed(model, held_out), reference).mean().item()
+        row = make_row(rt, "decomposition", "minilm", f"ffn-{method}", 32, "cosine_to_fp32", cosine, 1.0, size,
+                       fp32_size, latency[f"{method}/{rank}"], latency["fp32"])
+        rows.append(dataclasses.replace(row, rank=rank, pearson_lee=round(lee_correlation(model), 4),
+                                        baseline_pearson_lee=round(fp32_r, 4)))
+    return rows
+
+
+def decomposition(rt: Runtime, steps_per_epoch: int | None = None, with_minilm: bool = True) -> list[Row]:
+    """Tucker-2 course CNN (compiled and eager), SVD LeNet-300-100 and SVD / whitened-SVD MiniLM feed-forward
+    layers, every choice made on the validation split by ``python -m course_lib.sweeps decomposition``.
+    ``steps_per_epoch`` shortens the fine-tuning (for tests); the figures come from the full recipe."""
+    with tempfile.TemporaryDirectory() as folder:
+        rows = _decomposed_cnn_rows(rt, Path(folder), steps_per_epoch)
+        rows.append(_decomposed_lenet_row(rt, Path(folder), steps_per_epoch))
+        return rows + (_decomposed_minilm_rows(rt, Path(folder)) if with_minilm else [])
+
+
 IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline, "dataflow": dataflow,
                                                          "quantization": quantization, "pruning": pruning,
-                                                         "sharing": sharing, "distillation": distillation}
+                                                         "sharing": sharing, "distillation": distillation,
+                                                         "decomposition": decomposition}
 
 
 def format_table(rows: list[Row]) -> str:

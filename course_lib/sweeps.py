@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import tensorly as tl
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -25,6 +26,7 @@ from .io import atomic_path
 from .models import NUM_CLASSES, load_reference
 from .quantize import CALIBRATIONS, quantize_weights
 from .runtime import setup
+from .measure import count_macs, count_parameters
 from .train import evaluate, fine_tune, predict
 from .train import train as train_model
 from .train_reference import RECIPES, initial_model
@@ -338,8 +340,227 @@ def distillation(progress: bool = True) -> dict:
             "omitted_class": omitted, "beyond_logits": beyond, "attention_layers": ATTENTION_LAYERS}
 
 
+DECOMPOSED_CONVS = CNN_CONVS[1:]  # the first convolution has one input channel: nothing to factor
+RANK_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
+CLASSIFIER_LAYER, CLASSIFIER_RANKS, CLASSIFIER_RANK = "classifier.1", (16, 32, 64, 128, 256), 64
+UNIFORM_FRACTION = 0.3125  # the budget of the rank selection: every core at 5/16 of its channels (about 2x faster)
+RECOVERY_EPOCHS = 4
+DECOMPOSITION_RETRAIN = dict(P.RETRAIN_RECIPE, augment=True, progress=False)
+TRADEOFF_FRACTIONS = (0.125, 0.25, 0.3125, 0.375, 0.5, 0.75)
+CP_LAYER, CP_RANKS, CP_SEEDS = "features.10", (8, 16, 32, 64, 128), (0, 1, 2, 3, 4)
+LENET_FC1_RANKS, LENET_FC2_RANKS = (16, 24, 32, 48, 64), (None, 16, 32)
+LENET_RETRAIN = dict(lr=1e-3, optimizer="adam", weight_decay=1e-4, progress=False)
+LENET_EPOCHS = 4
+MINILM_FFN_RANKS = (32, 64, 128, 192, 256, 288, 320, 352, 384)
+MINILM_CALIBRATION_SENTENCES = 256
+
+
+def minilm_ffn_layers() -> list[str]:
+    """The names of all-MiniLM-L6-v2's 12 feed-forward Linears (input and output of each layer's block)."""
+    return [f"layers.{i}.ffn.{kind}" for i in range(6) for kind in ("intermediate", "output")]
+
+
+def minilm_ffn_covariances(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Second moments of each feed-forward layer's inputs on Wikipedia *training* sentences (one at a time, so no
+    padding token is counted)."""
+    from .data import load_wikipedia_sentences
+    from .decompose import input_covariances
+    from .minilm import embed
+
+    sentences = load_wikipedia_sentences()[0][:MINILM_CALIBRATION_SENTENCES]
+    return input_covariances(model, minilm_ffn_layers(), lambda: embed(model, sentences, batch_size=1))
+
+
+def minilm_ffn_decomposed(model: nn.Module, rank: int, covariances: dict[str, torch.Tensor] | None) -> nn.Module:
+    """MiniLM with every feed-forward Linear at ``rank``: plain truncated SVD, or whitened (ASVD / SVD-LLM) when
+    ``covariances`` are given."""
+    from . import decompose as D
+
+    decomposed = copy.deepcopy(model)
+    for name in minilm_ffn_layers():
+        layer = decomposed.get_submodule(name)
+        chain = (D.svd_linear(layer, rank, name) if covariances is None
+                 else D.whitened_svd_linear(layer, rank, covariances[name], name))
+        D.replace_module(decomposed, name, chain)
+    return decomposed.eval()
+
+
+def _cnn_plans(cnn: nn.Module, sensitivity: dict[str, list[float]], layer_macs: dict[str, list[int]],
+               original_macs: dict[str, int]) -> dict:
+    """Three ways to choose the ranks at (about) the same multiply-adds: uniform, by energy, by sensitivity."""
+    from . import decompose as D
+
+    uniform = D.uniform_plan(cnn, UNIFORM_FRACTION, DECOMPOSED_CONVS, {CLASSIFIER_LAYER: CLASSIFIER_RANK})
+    convs = {name: cnn.get_submodule(name) for name in DECOMPOSED_CONVS}
+
+    def energy_plan(energy: float) -> D.Plan:
+        plan = {n: ("tucker2", D.tucker2_energy_ranks(c.weight, energy)) for n, c in convs.items()}
+        return {**plan, CLASSIFIER_LAYER: ("svd", CLASSIFIER_RANK)}
+
+    def plan_macs(plan: D.Plan) -> int:
+        return count_macs(D.decompose(cnn, {n: e for n, e in plan.items() if n != CLASSIFIER_LAYER}).eval(),
+                          torch.zeros(1, 1, 28, 28))
+
+    target = plan_macs(uniform)  # the budget: the multiply-adds of the uniform plan (all but the classifier)
+    energy = min((e / 100 for e in range(50, 100)), key=lambda e: abs(plan_macs(energy_plan(e)) - target))
+    drops = {n: [-a for a in accuracies] for n, accuracies in sensitivity.items()}
+    rest = count_macs(cnn, torch.zeros(1, 1, 28, 28)) - sum(original_macs.values())  # what is not decomposed
+    choice = D.allocate(layer_macs, drops, target - rest)
+    guided = {n: ("tucker2", (max(1, round(convs[n].in_channels * RANK_FRACTIONS[i])),
+                              max(1, round(convs[n].out_channels * RANK_FRACTIONS[i])))) for n, i in choice.items()}
+    guided[CLASSIFIER_LAYER] = ("svd", CLASSIFIER_RANK)
+    cp_ranks = {n: max(1, round(D.tucker2_parameters(c.in_channels, c.out_channels, c.kernel_size,
+                                                      *uniform[n][1]) / D.cp_parameters(c.in_channels, c.out_channels,
+                                                                                        c.kernel_size, 1)))
+                for n, c in convs.items()}
+    cp = {**{n: ("cp", r) for n, r in cp_ranks.items()}, CLASSIFIER_LAYER: ("svd", CLASSIFIER_RANK)}
+    return {"uniform": uniform, f"energy {energy:g}": energy_plan(energy), "sensitivity": guided, "cp": cp}
+
+
+def _cnn_decomposition(progress: bool) -> dict:
+    """Course CNN: per-layer sensitivity and latency, rank selection, recovery curves, the whole-model trade-off."""
+    from . import decompose as D
+    from .dataflow import layer_inputs
+    from .measure import compare_latency
+    from .quantize import compile_for_cpu
+
+    cnn = load_reference("course_cnn")
+    bar = tqdm(total=5, desc="course CNN decomposition", disable=not progress)
+    sensitivity, layer_macs, layer_ms = {}, {}, {}
+    x64 = load_fashion_mnist("train").images[:64]
+    inputs = layer_inputs(cnn, x64)
+    for name in DECOMPOSED_CONVS:
+        conv = cnn.get_submodule(name)
+        sensitivity[name], layer_macs[name], layer_ms[name] = [], [], {}
+        chains = {}
+        for fraction in RANK_FRACTIONS:
+            plan = D.uniform_plan(cnn, fraction, [name])
+            sensitivity[name].append(val_accuracy(D.decompose(cnn, plan)))
+            chains[f"{fraction:g}"] = D.tucker2_conv(conv, plan[name][1], name)
+            layer_macs[name].append(count_macs(chains[f"{fraction:g}"], inputs[name][0][:1]))
+        timed = compare_latency({"original": conv, **chains}, inputs[name], rounds=15)
+        layer_ms[name] = {k: round(v.median_ms, 3) for k, v in timed.items()}
+    classifier = [val_accuracy(D.decompose(cnn, {CLASSIFIER_LAYER: ("svd", r)})) for r in CLASSIFIER_RANKS]
+    bar.update()
+
+    original_macs = {name: count_macs(cnn.get_submodule(name), inputs[name][0][:1]) for name in DECOMPOSED_CONVS}
+    plans = _cnn_plans(cnn, sensitivity, layer_macs, original_macs)
+    selection = {}
+    for method, plan in plans.items():
+        model = D.decompose(cnn, plan)
+        before = val_accuracy(model)
+        history = fine_tune(model, epochs=RECOVERY_EPOCHS, **DECOMPOSITION_RETRAIN)
+        selection[method] = {"plan": D.plan_to_json(plan), "parameters": count_parameters(model),
+                             "macs": count_macs(model, torch.zeros(1, 1, 28, 28)), "before": before,
+                             "recovery": [round(a, 4) for a in history.val_accuracy]}
+    bar.update(2)
+
+    tradeoff = []
+    compiled = {"fp32": compile_for_cpu(cnn)}
+    for fraction in TRADEOFF_FRACTIONS:
+        plan = D.uniform_plan(cnn, fraction, DECOMPOSED_CONVS, {CLASSIFIER_LAYER: CLASSIFIER_RANK})
+        model = D.decompose(cnn, plan)
+        before = val_accuracy(model)
+        fine_tune(model, epochs=1, evaluate_every_epoch=False, **DECOMPOSITION_RETRAIN)
+        compiled[f"{fraction:g}"] = compile_for_cpu(model.eval())
+        tradeoff.append({"fraction": fraction, "parameters": count_parameters(model),
+                         "macs": count_macs(model, torch.zeros(1, 1, 28, 28)), "before": before,
+                         "after_1_epoch": val_accuracy(model)})
+    timed = compare_latency(compiled, (x64,), rounds=15)
+    for entry in tradeoff:
+        entry["compiled_ms"] = round(timed[f"{entry['fraction']:g}"].median_ms, 3)
+    bar.update()
+
+    conv = cnn.get_submodule(CP_LAYER)
+    cp = {"layer": CP_LAYER, "ranks": list(CP_RANKS), "seeds": list(CP_SEEDS), "relative_error": [],
+          "largest_weight": [], "accuracy": []}
+    for rank in CP_RANKS:
+        errors, largest, accuracies = [], [], []
+        for seed in CP_SEEDS:
+            weights, factors = D.cp_factors(conv.weight, rank, CP_LAYER, seed)
+            approx = tl.cp_to_tensor((weights, factors))
+            errors.append(round(((approx - conv.weight).norm() / conv.weight.norm()).item(), 4))
+            largest.append(round(weights.abs().max().item(), 2))
+        accuracies = [val_accuracy(D.decompose(cnn, {CP_LAYER: ("cp", rank)}))]
+        cp["relative_error"].append(errors)
+        cp["largest_weight"].append(largest)
+        cp["accuracy"].append(accuracies[0])
+    bar.update()
+    bar.close()
+    chosen = max((m for m in selection if m != "cp"), key=lambda m: selection[m]["recovery"][-1])
+    return {"baseline_accuracy": val_accuracy(cnn), "parameters": count_parameters(cnn),
+            "macs": count_macs(cnn, torch.zeros(1, 1, 28, 28)), "fractions": list(RANK_FRACTIONS),
+            "layers": list(DECOMPOSED_CONVS), "sensitivity": sensitivity, "layer_macs": layer_macs,
+            "layer_ms": layer_ms, "classifier": {"layer": CLASSIFIER_LAYER, "ranks": list(CLASSIFIER_RANKS),
+                                                  "accuracy": classifier},
+            "selection": selection, "chosen": chosen, "tradeoff": tradeoff, "baseline_compiled_ms":
+                round(timed["fp32"].median_ms, 3), "cp": cp}
+
+
+def lenet_svd_plan(fc1_rank: int, fc2_rank: int | None) -> dict:
+    """SVD of LeNet-300-100's fc1 (and fc2 when a rank is given); fc3 stays."""
+    return {"fc1": ("svd", fc1_rank), **({"fc2": ("svd", fc2_rank)} if fc2_rank else {})}
+
+
+def lenet_svd_key(fc1_rank: int, fc2_rank: int | None) -> str:
+    """The key of one LeNet-300-100 entry: its fc1 and fc2 ranks."""
+    return f"fc1={fc1_rank}/fc2={fc2_rank or 'dense'}"
+
+
+def minilm_rank_reaching(results: dict, method: str, cosine: float) -> int | None:
+    """The smallest swept rank at which ``method`` ('svd' or 'asvd') reaches ``cosine`` (None: none does)."""
+    return next((rank for rank, value in zip(results["ranks"], results["cosine"][method]) if value >= cosine), None)
+
+
+def _lenet_svd(progress: bool) -> dict:
+    """LeNet-300-100: fc1 (and fc2) by truncated SVD, before and after a short fine-tune (validation)."""
+    from . import decompose as D
+
+    dense = load_reference("lenet_300_100")
+    grid = {}
+    ranks = {lenet_svd_key(a, b): (a, b) for a in LENET_FC1_RANKS for b in LENET_FC2_RANKS}
+    for fc1, fc2 in tqdm(ranks.values(), desc="LeNet-300-100 ranks", disable=not progress):
+        model = D.decompose(dense, lenet_svd_plan(fc1, fc2))
+        before = val_accuracy(model)
+        fine_tune(model, epochs=LENET_EPOCHS, evaluate_every_epoch=False, **LENET_RETRAIN)
+        grid[lenet_svd_key(fc1, fc2)] = {"parameters": count_parameters(model), "before": before,
+                                         "after": val_accuracy(model)}
+    dense_parameters = count_parameters(dense)
+    small = {k: v for k, v in grid.items() if dense_parameters / v["parameters"] >= 4}
+    chosen = max(small, key=lambda k: small[k]["after"])
+    return {"baseline_accuracy": val_accuracy(dense), "parameters": dense_parameters, "grid": grid, "chosen": chosen,
+            "chosen_ranks": list(ranks[chosen])}
+
+
+def _minilm_ffn(progress: bool) -> dict:
+    """MiniLM's 12 feed-forward Linears at one rank, plain vs whitened SVD: cosine to fp32 on validation sentences."""
+    from .data import load_wikipedia_sentences
+    from .minilm import embed, load_minilm
+
+    model = load_minilm()
+    sentences = load_wikipedia_sentences()[1]
+    reference = embed(model, sentences)
+    covariances = minilm_ffn_covariances(model)
+    cosine = {"svd": [], "asvd": []}
+    for rank in tqdm(MINILM_FFN_RANKS, desc="MiniLM ranks", disable=not progress):
+        for method, cov in (("svd", None), ("asvd", covariances)):
+            decomposed = minilm_ffn_decomposed(model, rank, cov)
+            cosine[method].append(round(nn.functional.cosine_similarity(embed(decomposed, sentences),
+                                                                        reference).mean().item(), 5))
+    return {"ranks": list(MINILM_FFN_RANKS), "cosine": cosine, "sentences": len(sentences),
+            "calibration_sentences": MINILM_CALIBRATION_SENTENCES,
+            "parameters_per_rank": 384 + 1536, "dense_parameters": 384 * 1536}
+
+
+def decomposition(progress: bool = True) -> dict:
+    """Course CNN (Tucker-2, CP, rank selection, fine-tuning), LeNet-300-100 (SVD) and MiniLM's feed-forward layers
+    (plain vs whitened SVD), all measured on validation data."""
+    return {"dataset": SWEEP_DATASET, "course_cnn": _cnn_decomposition(progress), "lenet_300_100": _lenet_svd(progress),
+            "minilm": _minilm_ffn(progress)}
+
+
 SWEEPS: dict[str, Callable[..., dict]] = {"quantization": quantization, "pruning": pruning, "sharing": sharing,
-                                          "distillation": distillation}
+                                          "distillation": distillation, "decomposition": decomposition}
 
 
 def results_path(name: str) -> Path:

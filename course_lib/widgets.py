@@ -10,7 +10,7 @@ import torch
 from IPython.display import display
 
 from course_lib.data import FASHION_MNIST_CLASSES
-from course_lib.dataflow import LayerStats, Machine, attainable_gflops
+from course_lib.dataflow import LayerStats, Machine, attainable_gflops, layer_profile
 from course_lib.plots import PALETTE, draw_roofline
 from course_lib.prune import structured_masks
 from course_lib.quantize import binarize, compute_qparams, dequantize, quantize
@@ -348,3 +348,87 @@ def distillation_explorer(images: torch.Tensor, labels: torch.Tensor, teacher_lo
         control.observe(update, names="value")
     update()
     return widgets.VBox([widgets.HBox([index, temperature, alpha]), text, plot])
+
+
+def summarize_rank_choice(model: torch.nn.Module, results: dict, fractions: dict[str, float], classifier_rank: int,
+                          errors: dict | None = None) -> dict:
+    """What a per-layer choice of Tucker-2 rank fractions (and the classifier's SVD rank) does to the course CNN:
+    each layer's relative reconstruction error, the parameters and multiply-adds of the whole model, an accuracy
+    *estimate* (the reference minus the sum of each layer's drop measured alone, before fine-tuning) and the summed
+    eager latency of the convolutions (each measured alone at batch 64), all from the cached sweep ``results``.
+    ``errors`` memoises the reconstruction errors (and the layers' multiply-adds) between calls."""
+    from course_lib import decompose as D  # noqa: PLC0415 (widgets import the lessons' modules lazily)
+
+    errors = {} if errors is None else errors
+    if "macs" not in errors:
+        errors["macs"] = {layer.name: layer.macs for layer in layer_profile(model, torch.zeros(1, 1, 28, 28))}
+    original_macs = errors["macs"]
+    table = results["fractions"]
+    summary = {"layers": {}, "parameters": results["parameters"], "macs": results["macs"]}
+    drop = 0.0
+    conv_ms = reference_ms = 0.0
+    for name, fraction in fractions.items():
+        if fraction not in table:
+            raise ValueError(f"{name}: the cache holds the rank fractions {table}, got {fraction!r}")
+        i = table.index(fraction)
+        conv = model.get_submodule(name)
+        ranks = D.uniform_plan(model, fraction, [name])[name][1]
+        if (name, fraction) not in errors:
+            kernel = conv.weight.detach()
+            core, out_factor, in_factor = D.tucker2_factors(kernel, ranks, name)
+            approx = torch.einsum("oikl,po,qi->pqkl", core, out_factor, in_factor)
+            errors[(name, fraction)] = float((approx - kernel).norm() / kernel.norm())
+        parameters = D.tucker2_parameters(conv.in_channels, conv.out_channels, conv.kernel_size, *ranks)
+        summary["parameters"] += parameters - conv.weight.numel()
+        summary["macs"] += results["layer_macs"][name][i] - original_macs[name]
+        drop += results["baseline_accuracy"] - results["sensitivity"][name][i]
+        conv_ms += results["layer_ms"][name][f"{fraction:g}"]
+        reference_ms += results["layer_ms"][name]["original"]
+        summary["layers"][name] = {"ranks": ranks, "error": errors[(name, fraction)], "parameters": parameters}
+    classifier = results["classifier"]
+    if classifier_rank not in classifier["ranks"]:
+        raise ValueError(f"the cache holds the classifier ranks {classifier['ranks']}, got {classifier_rank!r}")
+    linear = model.get_submodule(classifier["layer"])
+    summary["parameters"] += (D.svd_parameters(linear.in_features, linear.out_features, classifier_rank, bias=False)
+                              - linear.weight.numel())
+    summary["macs"] += D.svd_parameters(linear.in_features, linear.out_features, classifier_rank, bias=False) \
+        - linear.weight.numel()
+    drop += results["baseline_accuracy"] - classifier["accuracy"][classifier["ranks"].index(classifier_rank)]
+    summary.update(estimated_accuracy=results["baseline_accuracy"] - drop, conv_ms=conv_ms, reference_conv_ms=reference_ms)
+    return summary
+
+
+def decomposition_explorer(model: torch.nn.Module, results: dict) -> widgets.VBox:
+    """One slider per convolution (the Tucker-2 ranks as a fraction of its channels) and one for the classifier's
+    SVD rank: reconstruction error per layer (computed live), parameters, multiply-adds, estimated accuracy and
+    summed convolution latency (from the cached sweep ``results``)."""
+    sliders = {name: widgets.SelectionSlider(options=results["fractions"], value=0.375, description=name,
+                                             continuous_update=False) for name in results["layers"]}
+    classifier = widgets.SelectionSlider(options=results["classifier"]["ranks"], value=64,
+                                         description=results["classifier"]["layer"], continuous_update=False)
+    text = widgets.HTML()
+    plot, fig = _figure_output((7.5, 2.8))
+    errors: dict = {}
+
+    def update(change: dict | None = None) -> None:
+        s = summarize_rank_choice(model, results, {n: w.value for n, w in sliders.items()}, classifier.value, errors)
+        fig.clear()
+        ax = fig.add_subplot()
+        names = list(s["layers"])
+        ax.bar(names, [s["layers"][n]["error"] for n in names], color=PALETTE[0])
+        ax.set(ylabel="relative error of the kernel", ylim=(0, 1),
+               title="Tucker-2 reconstruction error per convolution (0 = exact)")
+        fig.tight_layout()
+        text.value = (f"<pre>parameters {s['parameters']:,} ({results['parameters'] / s['parameters']:.2f}× fewer), "
+                      f"multiply-adds per image {s['macs']:,} ({results['macs'] / s['macs']:.2f}× fewer)\n"
+                      f"estimated validation accuracy before fine-tuning {s['estimated_accuracy']:.2%} "
+                      f"(reference {results['baseline_accuracy']:.2%}; the sum of single-layer drops, an estimate)\n"
+                      f"the five convolutions, eager, batch 64, each timed alone (cached): {s['conv_ms']:.1f} ms "
+                      f"(original {s['reference_conv_ms']:.1f} ms)</pre>")
+        _show(plot, fig)
+
+    for control in (*sliders.values(), classifier):
+        control.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox(list(sliders.values())[:3]), widgets.HBox([*list(sliders.values())[3:], classifier]),
+                         text, plot])

@@ -129,3 +129,26 @@ def test_distillation_rows_pair_alone_and_distilled_students(tmp_path):
         assert len(row.seed_metrics) == 3 and row.metric == pytest.approx(sum(row.seed_metrics) / 3, abs=1e-4)
         assert row.compression > 10, "the student's file is over 10x smaller than the teacher's"
         assert row.baseline_metric == pytest.approx(0.942, abs=1e-4) and row.latency_ms > 0
+
+
+def test_decomposition_rows_from_written_and_reloaded_files():
+    """The real code with short fine-tuning (the full recipe's figures come from the CLI): schema and sizes."""
+    from course_lib.bench import decomposition
+    from course_lib.runtime import setup
+
+    rows = decomposition(setup(), steps_per_epoch=20)
+    keys = [(r.model, r.variant, r.batch_size) for r in rows]
+    assert keys[:3] == [("course_cnn", "tucker2", 64), ("course_cnn", "tucker2-eager", 64),
+                        ("lenet_300_100", "svd", 64)]
+    cnn, _, lenet = rows[:3]
+    assert cnn.compression > 2 and cnn.metric > 0.85 and cnn.baseline_metric == pytest.approx(0.942, abs=1e-4)
+    assert lenet.kept_fraction <= 0.25 and lenet.compression > 3.5 and lenet.metric > 0.85
+    minilm = rows[3:]
+    assert minilm and all(r.model == "minilm" and r.metric_name == "cosine_to_fp32" and r.rank for r in minilm)
+    by_rank = {}
+    for r in minilm:
+        by_rank.setdefault(r.rank, {})[r.variant] = r
+    compared = by_rank[256]  # both methods at the rank that still saves weights
+    assert compared["ffn-asvd"].metric > compared["ffn-svd"].metric + 0.05, "whitening wins at equal rank"
+    assert compared["ffn-asvd"].size_bytes == compared["ffn-svd"].size_bytes and compared["ffn-svd"].compression > 1
+    assert all(r.metric >= 0.99 for r in minilm if r.rank != 256), "the other rows are where each reaches 0.99"

@@ -141,3 +141,37 @@ def test_cached_distillation_entry_matches_a_fresh_run():
     student = KD.train_student(StudentCNN, logits, KD.cached_distillation_loss(chosen["temperature"], chosen["alpha"]))
     cached = results["grid"][sweeps.distillation_key(chosen["temperature"], chosen["alpha"])]
     assert abs(sweeps.val_accuracy(student) - cached) < 0.005, "regenerate with: python -m course_lib.sweeps distillation"
+
+
+def test_decomposition_cache_is_complete_and_tells_the_lessons():
+    results = sweeps.load_results("decomposition")
+    cnn = results["course_cnn"]
+    assert set(cnn["sensitivity"]) == set(sweeps.DECOMPOSED_CONVS) == set(cnn["layer_ms"])
+    assert all(len(v) == len(sweeps.RANK_FRACTIONS) for v in cnn["sensitivity"].values())
+    assert all(v[-1] > cnn["baseline_accuracy"] - 0.002 for v in cnn["sensitivity"].values()), "full rank is exact"
+    assert set(cnn["selection"]) >= {"uniform", "sensitivity", "cp"} and len(cnn["selection"]) == 4
+    chosen = cnn["selection"][cnn["chosen"]]
+    assert chosen["recovery"][-1] > cnn["baseline_accuracy"] - 0.01, "fine-tuned to within a point (validation)"
+    assert cnn["macs"] / chosen["macs"] >= 2 and cnn["parameters"] / chosen["parameters"] >= 2
+    assert [t["fraction"] for t in cnn["tradeoff"]] == list(sweeps.TRADEOFF_FRACTIONS)
+    lenet = results["lenet_300_100"]
+    assert results["lenet_300_100"]["parameters"] / lenet["grid"][lenet["chosen"]]["parameters"] >= 4
+    assert lenet["chosen"] == sweeps.lenet_svd_key(*lenet["chosen_ranks"])
+    minilm = results["minilm"]
+    assert minilm["ranks"] == list(sweeps.MINILM_FFN_RANKS)
+    assert minilm["cosine"]["svd"][-1] == pytest.approx(1.0, abs=1e-4), "full rank reproduces the model"
+    below_full = range(len(minilm["ranks"]) - 1)
+    assert all(minilm["cosine"]["asvd"][i] > minilm["cosine"]["svd"][i] for i in below_full), "whitening helps"
+
+
+def test_cached_decomposition_entries_match_a_fresh_measurement():
+    from course_lib import decompose as D
+    from course_lib.models import load_reference
+
+    cnn_results = sweeps.load_results("decomposition")["course_cnn"]
+    cnn = load_reference("course_cnn")
+    layer, i = "features.10", sweeps.RANK_FRACTIONS.index(0.25)
+    fresh = sweeps.val_accuracy(D.decompose(cnn, D.uniform_plan(cnn, 0.25, [layer])))
+    assert abs(fresh - cnn_results["sensitivity"][layer][i]) < 0.002, "regenerate: python -m course_lib.sweeps decomposition"
+    plan = D.plan_from_json(cnn_results["selection"][cnn_results["chosen"]]["plan"])
+    assert abs(sweeps.val_accuracy(D.decompose(cnn, plan)) - cnn_results["selection"][cnn_results["chosen"]]["before"]) < 0.002

@@ -239,3 +239,24 @@ def test_distillation_explorer_follows_its_controls(monkeypatch):
     with pytest.raises(ValueError, match="same length"):
         W.distillation_explorer(images, labels[:2], logits, results)
     plt.close("all")
+
+
+def test_decomposition_explorer_follows_its_controls():
+    from course_lib import widgets as W
+    from course_lib.models import load_reference
+    from course_lib.sweeps import load_results
+
+    results = load_results("decomposition")["course_cnn"]
+    cnn = load_reference("course_cnn")
+    box = W.decomposition_explorer(cnn, results)
+    text = box.children[2]
+    before = text.value
+    box.children[0].children[0].value = 0.125
+    assert text.value != before and "fewer" in text.value
+    full = W.summarize_rank_choice(cnn, results, {n: 1.0 for n in results["layers"]}, 256)
+    assert all(layer["error"] < 1e-4 for layer in full["layers"].values()), "full rank is exact"
+    light = W.summarize_rank_choice(cnn, results, {n: 0.25 for n in results["layers"]}, 64)
+    assert light["macs"] < full["macs"] and light["parameters"] < full["parameters"] < results["parameters"] * 1.5
+    assert light["estimated_accuracy"] < results["baseline_accuracy"]
+    with pytest.raises(ValueError, match="the cache holds the rank fractions"):
+        W.summarize_rank_choice(cnn, results, {"features.3": 0.3}, 64)

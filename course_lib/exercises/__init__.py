@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
 from course_lib.data import PROJECT_ROOT
 from course_lib.io import atomic_path
 
@@ -84,6 +86,12 @@ def check_number(exercise: str, name: str, value: object, expected: float, rel_t
     direction = "too small" if got < expected else "too large"
     fail(exercise, f"{name} within {rel_tol:.0%} of the right value" if rel_tol else f"the exact {name}",
          f"{got:,} ({direction})", hint)
+
+
+def compiled_wrapper(model: object) -> bool:
+    """Whether ``model`` is a compiled or exported stand-in for a network rather than the network itself."""
+    wraps = any(callable(getattr(model, name, None)) for name in ("_orig_mod", "compiled"))
+    return wraps or isinstance(model, torch.fx.GraphModule)
 
 
 def predictions_file() -> Path:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from course_lib.exercises import call_answer, diagnose, fail, passed, require_number
+from course_lib.exercises import call_answer, compiled_wrapper, diagnose, fail, passed, require_number
 from course_lib.data import load_fashion_mnist
 from course_lib.measure import compare_latency, count_macs, count_parameters
 from course_lib.prune import cubic_schedule, masks_from_scores
@@ -244,12 +244,6 @@ def check_remove_filter(remove_filter: Callable[[nn.Module, int, int], nn.Module
     passed("3.5", "removing a channel gives the logits of the model with that channel silenced")
 
 
-def _compiled_wrapper(model: nn.Module) -> bool:
-    """Whether ``model`` is a compiled or exported stand-in for a network rather than the network itself."""
-    wraps = any(callable(getattr(model, name, None)) for name in ("_orig_mod", "compiled"))
-    return wraps or isinstance(model, torch.fx.GraphModule)
-
-
 def check_pruned_cnn(model: object, dense: nn.Module, batch: torch.Tensor, min_mac_reduction: float = 2.0,
                      max_accuracy_loss: float = 0.01) -> dict:
     """Exercise 3.7: a filter-pruned course CNN with at least ``min_mac_reduction`` times fewer multiply-adds than
@@ -258,7 +252,7 @@ def check_pruned_cnn(model: object, dense: nn.Module, batch: torch.Tensor, min_m
     measurements."""
     if not isinstance(model, nn.Module):
         fail("3.7", "the pruned model (nn.Module)", type(model).__name__, "return the model built by remove_filters.")
-    if _compiled_wrapper(model):
+    if compiled_wrapper(model):
         fail("3.7", "the pruned network itself", f"a compiled or exported module ({type(model).__name__})",
              "compiling changes how the same multiply-adds run, not how many there are: grade the model that "
              "remove_filters returned (compile or quantize it afterwards, for deployment).")
