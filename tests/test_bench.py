@@ -131,6 +131,7 @@ def test_distillation_rows_pair_alone_and_distilled_students(tmp_path):
         assert row.baseline_metric == pytest.approx(0.942, abs=1e-4) and row.latency_ms > 0
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")  # torch.compile's first import
 def test_decomposition_rows_from_written_and_reloaded_files():
     """The real code with short fine-tuning (the full recipe's figures come from the CLI): schema and sizes."""
     from course_lib.bench import decomposition
