@@ -475,16 +475,15 @@ def _cnn_decomposition(progress: bool) -> dict:
     cp = {"layer": CP_LAYER, "ranks": list(CP_RANKS), "seeds": list(CP_SEEDS), "relative_error": [],
           "largest_weight": [], "accuracy": []}
     for rank in CP_RANKS:
-        errors, largest, accuracies = [], [], []
+        errors, largest = [], []
         for seed in CP_SEEDS:
             weights, factors = D.cp_factors(conv.weight, rank, CP_LAYER, seed)
             approx = tl.cp_to_tensor((weights, factors))
             errors.append(round(((approx - conv.weight).norm() / conv.weight.norm()).item(), 4))
             largest.append(round(weights.abs().max().item(), 2))
-        accuracies = [val_accuracy(D.decompose(cnn, {CP_LAYER: ("cp", rank)}))]
         cp["relative_error"].append(errors)
         cp["largest_weight"].append(largest)
-        cp["accuracy"].append(accuracies[0])
+        cp["accuracy"].append(val_accuracy(D.decompose(cnn, {CP_LAYER: ("cp", rank)})))
     bar.update()
     bar.close()
     chosen = max((m for m in selection if m != "cp"), key=lambda m: selection[m]["recovery"][-1])

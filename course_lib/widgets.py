@@ -389,10 +389,9 @@ def summarize_rank_choice(model: torch.nn.Module, results: dict, fractions: dict
     if classifier_rank not in classifier["ranks"]:
         raise ValueError(f"the cache holds the classifier ranks {classifier['ranks']}, got {classifier_rank!r}")
     linear = model.get_submodule(classifier["layer"])
-    summary["parameters"] += (D.svd_parameters(linear.in_features, linear.out_features, classifier_rank, bias=False)
-                              - linear.weight.numel())
-    summary["macs"] += D.svd_parameters(linear.in_features, linear.out_features, classifier_rank, bias=False) \
-        - linear.weight.numel()
+    factored = D.svd_parameters(linear.in_features, linear.out_features, classifier_rank, bias=False)
+    summary["parameters"] += factored - linear.weight.numel()
+    summary["macs"] += factored - linear.weight.numel()  # a Linear does one multiply-add per weight per example
     drop += results["baseline_accuracy"] - classifier["accuracy"][classifier["ranks"].index(classifier_rank)]
     summary.update(estimated_accuracy=results["baseline_accuracy"] - drop, conv_ms=conv_ms, reference_conv_ms=reference_ms)
     return summary

@@ -127,17 +127,13 @@ def check_unfold(unfold: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     passed("6.3", "mode-n unfoldings match tensorly's for every mode of a 4-way tensor")
 
 
-def _khatri_rao(matrices: list[torch.Tensor]) -> torch.Tensor:
-    return tl.tenalg.khatri_rao(matrices)
-
-
 def reference_als_update(tensor: torch.Tensor, factors: list[torch.Tensor], mode: int) -> torch.Tensor:
     """The least-squares update of ``factors[mode]`` with the others fixed (tensorly's unfolding convention)."""
     others = [f for i, f in enumerate(factors) if i != mode]
     gram = torch.ones(factors[0].shape[1], factors[0].shape[1], dtype=tensor.dtype)
     for f in others:
         gram = gram * (f.T @ f)
-    return tl.unfold(tensor, mode) @ _khatri_rao(others) @ torch.linalg.pinv(gram)
+    return tl.unfold(tensor, mode) @ tl.tenalg.khatri_rao(others) @ torch.linalg.pinv(gram)
 
 
 def check_als_update(als_update: Callable[[torch.Tensor, list[torch.Tensor], int], torch.Tensor]) -> None:
@@ -161,12 +157,12 @@ def check_als_update(als_update: Callable[[torch.Tensor, list[torch.Tensor], int
         mistakes = {
             "the Khatri-Rao product must list the other factors in mode order (with this unfolding, "
             "khatri_rao([B, C]) for mode 0), not reversed.":
-                tl.unfold(tensor, mode) @ _khatri_rao(others[::-1]) @ torch.linalg.pinv(
+                tl.unfold(tensor, mode) @ tl.tenalg.khatri_rao(others[::-1]) @ torch.linalg.pinv(
                     torch.prod(torch.stack([f.T @ f for f in others]), 0)),
             "the normal equations need the inverse of the Hadamard product of the other factors' Gram matrices "
-            "(torch.linalg.pinv of it); without it the scale is wrong.": tl.unfold(tensor, mode) @ _khatri_rao(others),
+            "(torch.linalg.pinv of it); without it the scale is wrong.": tl.unfold(tensor, mode) @ tl.tenalg.khatri_rao(others),
             "the Gram matrices of the *other* factors only: the factor being updated is unknown.":
-                tl.unfold(tensor, mode) @ _khatri_rao(others) @ torch.linalg.pinv(gram_all),
+                tl.unfold(tensor, mode) @ tl.tenalg.khatri_rao(others) @ torch.linalg.pinv(gram_all),
         }
         hint = next((h for h, m in mistakes.items() if torch.allclose(got, m, atol=1e-6)),
                     "unfold(X, mode) @ khatri_rao(others) @ pinv(Hadamard product of the others' F^T F).")
