@@ -4,6 +4,7 @@
 * ``lenet5``: the Caffe LeNet-5 of Han et al. (conv 20@5x5, pool, conv 50@5x5, pool, fc 500, fc 10).
 * ``course_cnn``: a VGG-style CNN (three stages of two 3x3 conv + batch norm + ReLU, then max-pool),
   heavy enough (~58 MFLOPs per image) that int8 and structured pruning pay off on a CPU.
+* ``course_cnn_ds``: the course CNN rebuilt from MobileNet's depthwise-separable blocks (notebook 07).
 """
 
 from __future__ import annotations
@@ -113,10 +114,45 @@ class StudentCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def depthwise_separable(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """MobileNet's replacement for a 3x3 conv-bn-relu: a depthwise 3x3 (one filter per channel, ``groups``) and a
+    pointwise 1x1 that mixes the channels, each followed by batch norm and ReLU."""
+    return (
+        [nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1, groups=in_channels, bias=False),
+         nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True)]
+        + [nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False), nn.BatchNorm2d(out_channels),
+           nn.ReLU(inplace=True)]
+    )
+
+
+class DepthwiseSeparableCNN(nn.Module):
+    """The course CNN's three stages of two 3x3 convolutions and a max-pool, every convolution but the first (it sees
+    one input channel) replaced by a depthwise-separable block, and the classifier a single linear layer on the
+    flattened 3x3 maps (the course CNN's 295k-parameter hidden layer is half of its weights). The default widths
+    (48, 96, 192) give 95,770 parameters, 6.1x fewer than the course CNN, and 3.5x fewer multiply-adds."""
+
+    def __init__(self, widths: tuple[int, int, int] = (48, 96, 192), num_classes: int = NUM_CLASSES):
+        super().__init__()
+        layers: list[nn.Module] = _conv_bn_relu(1, widths[0])
+        in_channels = widths[0]
+        for stage, width in enumerate(widths):
+            layers += depthwise_separable(in_channels, width)
+            if stage > 0:
+                layers += depthwise_separable(width, width)
+            layers.append(nn.MaxPool2d(2))
+            in_channels = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(widths[-1] * 3 * 3, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 MODEL_BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "lenet_300_100": LeNet300100,
     "lenet5": LeNet5,
     "course_cnn": CourseCNN,
+    "course_cnn_ds": DepthwiseSeparableCNN,
 }
 
 

@@ -28,6 +28,7 @@ RECIPES: dict[str, dict] = {
     "lenet_300_100": dict(epochs=15, lr=2e-3, optimizer="adam", weight_decay=1e-4, batch_size=128, augment=False),
     "lenet5": dict(epochs=12, lr=2e-3, optimizer="adam", weight_decay=1e-4, batch_size=128, augment=False),
     "course_cnn": dict(epochs=20, lr=0.1, optimizer="sgd", weight_decay=5e-4, batch_size=128, augment=True),
+    "course_cnn_ds": dict(epochs=15, lr=0.1, optimizer="sgd", weight_decay=5e-5, batch_size=128, augment=True),
 }
 
 
