@@ -11,6 +11,7 @@ bytes of the written-and-reloaded file, and latency (median of alternating timed
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import statistics
@@ -75,6 +76,13 @@ class Row:
     pearson_lee: float | None = None  # MiniLM students: Pearson r with the Lee corpus' human ratings
     baseline_pearson_lee: float | None = None
     rank: int | None = None  # decomposition of MiniLM: the rank of every feed-forward layer
+    peak_memory_bytes: int | None = None  # memory: peak of a training step or an inference call (see variant)
+    baseline_peak_memory_bytes: int | None = None
+    tokens: int | None = None  # memory of MiniLM's attention: the sequence length
+    parameters: int | None = None  # memory-efficient blocks: parameters and multiply-adds per image
+    baseline_parameters: int | None = None
+    macs: int | None = None
+    baseline_macs: int | None = None
 
 
 def make_row(rt: Runtime, topic: str, model: str, variant: str, batch_size: int, metric_name: str,
@@ -510,10 +518,128 @@ def decomposition(rt: Runtime, steps_per_epoch: int | None = None, with_minilm: 
         return rows + (_decomposed_minilm_rows(rt, Path(folder)) if with_minilm else [])
 
 
+MEMORY_BATCH_SIZE = 64
+MEMORY_TOKENS = (1024, 2048)
+
+
+def _gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: str) -> torch.Tensor:
+    """All parameter gradients of one training-mode forward and backward (a copy of the model), as one vector; the
+    random generator is reset first, so that dropout draws the same masks for every model compared."""
+    from course_lib.memory import autocast_loss  # noqa: PLC0415
+
+    model = copy.deepcopy(model).train()
+    torch.manual_seed(0)
+    autocast_loss(dtype)(model, images, labels).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def _training_memory_row(rt: Runtime, name: str, model: nn.Module, variant: str, starts: list[int], dtype: str,
+                         images: torch.Tensor, labels: torch.Tensor, attribute: str) -> Row:
+    """A training step with checkpointing (and ``dtype`` activations) against the plain float32 step of the same
+    model on the same batch: measured peak memory and median step time (alternating rounds); the metric is the
+    relative error of the gradients against the plain step's (0 up to rounding: recomputation changes no math)."""
+    from course_lib.memory import checkpoint_at, compare_step_time, training_step_memory  # noqa: PLC0415
+    from course_lib.sweeps import MEMORY_OPTIMIZER  # noqa: PLC0415
+
+    checkpointed = checkpoint_at(model, starts, attribute)
+    plain_memory = training_step_memory(model, MEMORY_OPTIMIZER, images, labels)
+    memory = training_step_memory(checkpointed, MEMORY_OPTIMIZER, images, labels, dtype)
+    stats = compare_step_time({"plain": model, "checkpointed": checkpointed}, MEMORY_OPTIMIZER, images, labels,
+                              dtypes={"checkpointed": dtype}, rounds=15, warmup=3)
+    reference = _gradients(model, images, labels, "float32")
+    error = ((_gradients(checkpointed, images, labels, dtype) - reference).norm() / reference.norm()).item()
+    size = serialized_bytes(model)
+    row = make_row(rt, "memory", name, variant, len(images), "gradient_relative_error", error, 0.0, size, size,
+                   stats["checkpointed"], stats["plain"])
+    return dataclasses.replace(row, peak_memory_bytes=memory.peak, baseline_peak_memory_bytes=plain_memory.peak)
+
+
+def _checkpointing_rows(rt: Runtime) -> list[Row]:
+    """The course CNN (batch 64) checkpointed where the sweep measured the lowest peak within 1.5x the step time,
+    alone and with bf16 activations; the deep residual MLP of the sweep with Chen et al.'s sqrt(n) segments."""
+    from course_lib.efficient import DeepMLP  # noqa: PLC0415
+    from course_lib.memory import segment_starts, sqrt_segments  # noqa: PLC0415
+    from course_lib.sweeps import (DEEP_MLP_BATCH, DEEP_MLP_DEPTH, DEEP_MLP_WIDTH, best_segments,  # noqa: PLC0415
+                                   load_results, memory_key)
+
+    train = load_fashion_mnist("train")
+    images, labels = train.images[:MEMORY_BATCH_SIZE].to(rt.device), train.labels[:MEMORY_BATCH_SIZE].to(rt.device)
+    grid = load_results("memory")["checkpointing"]
+    cnn = load_reference("course_cnn", rt.device)
+    rows = []
+    for variant, dtype in (("train-checkpointed", "float32"), ("train-checkpointed-bf16", "bfloat16")):
+        starts = grid["grid"][memory_key(MEMORY_BATCH_SIZE, best_segments(grid, MEMORY_BATCH_SIZE, dtype), dtype)]["starts"]
+        rows.append(_training_memory_row(rt, "course_cnn", cnn, variant, starts, dtype, images, labels, "features"))
+    setup(seed=0, device=rt.device.type, threads=rt.threads)
+    deep = DeepMLP(DEEP_MLP_DEPTH, DEEP_MLP_WIDTH).to(rt.device)
+    images, labels = train.images[:DEEP_MLP_BATCH].to(rt.device), train.labels[:DEEP_MLP_BATCH].to(rt.device)
+    starts = segment_starts(deep.blocks, sqrt_segments(DEEP_MLP_DEPTH))
+    rows.append(_training_memory_row(rt, "deep_mlp", deep, "train-checkpointed-sqrt", starts, "float32", images,
+                                     labels, "blocks"))
+    return rows
+
+
+def _depthwise_separable_rows(rt: Runtime, folder: Path) -> list[Row]:
+    """The depthwise-separable course CNN (reference checkpoint) against the course CNN, files written and reloaded:
+    test accuracy, parameters, multiply-adds, bytes, inference peak memory and latency at batch 64, both compiled
+    (the fair baseline) and both eager."""
+    from course_lib.measure import count_macs, peak_memory_bytes  # noqa: PLC0415
+
+    models = {name: _write_and_reload(load_reference(name), lambda n=name: build_model(n), folder, name, rt.device)
+              for name in ("course_cnn", "course_cnn_ds")}
+    (cnn, cnn_size), (ds, ds_size) = models["course_cnn"], models["course_cnn_ds"]
+    x = load_fashion_mnist("test").images[:MEMORY_BATCH_SIZE].to(rt.device)
+    compile_fn = compile_for_cpu if rt.device.type == "cpu" else torch.compile
+    timings = {"depthwise-separable": compare_latency({"cnn": compile_fn(cnn), "ds": compile_fn(ds)}, (x,), rounds=20),
+               "depthwise-separable-eager": compare_latency({"cnn": cnn, "ds": ds}, (x,), rounds=15)}
+    accuracy, baseline_accuracy = evaluate(ds, device=rt.device), evaluate(cnn, device=rt.device)
+    rows = []
+    for variant, timed in timings.items():
+        row = make_row(rt, "memory", "course_cnn_ds", variant, MEMORY_BATCH_SIZE, "accuracy", accuracy,
+                       baseline_accuracy, ds_size, cnn_size, timed["ds"], timed["cnn"])
+        rows.append(dataclasses.replace(
+            row, peak_memory_bytes=peak_memory_bytes(ds, x), baseline_peak_memory_bytes=peak_memory_bytes(cnn, x),
+            parameters=count_parameters(ds), baseline_parameters=count_parameters(cnn),
+            macs=count_macs(ds, x[:1]), baseline_macs=count_macs(cnn, x[:1])))
+    return rows
+
+
+def _attention_rows(rt: Runtime, folder: Path) -> list[Row]:
+    """MiniLM (its 512 positions copied to 2,048) on one sequence of real tokens: explicit attention against
+    PyTorch's fused ``scaled_dot_product_attention``, same weights: peak inference memory, latency, and the largest
+    difference between their outputs (the metric; 0 means equal)."""
+    from course_lib.measure import peak_memory_bytes  # noqa: PLC0415
+    from course_lib.minilm import use_fused_attention, with_copied_positions  # noqa: PLC0415
+    from course_lib.sweeps import attention_inputs  # noqa: PLC0415
+
+    fp32, size = _write_and_reload(load_minilm(), MiniLM, folder, "minilm", rt.device)
+    fused = with_copied_positions(fp32, max(MEMORY_TOKENS))
+    explicit = use_fused_attention(copy.deepcopy(fused), False)
+    rows = []
+    for tokens in MEMORY_TOKENS:
+        inputs = tuple(t.to(rt.device) for t in attention_inputs(tokens))
+        latency = compare_latency({"explicit": explicit, "sdpa": fused}, inputs, rounds=7, warmup=1)
+        with torch.inference_mode():
+            difference = (explicit(*inputs) - fused(*inputs)).abs().max().item()
+        row = make_row(rt, "memory", "minilm", "sdpa-attention", 1, "max_abs_embedding_difference", difference, 0.0,
+                       size, size, latency["sdpa"], latency["explicit"])
+        rows.append(dataclasses.replace(row, tokens=tokens, peak_memory_bytes=peak_memory_bytes(fused, *inputs),
+                                        baseline_peak_memory_bytes=peak_memory_bytes(explicit, *inputs)))
+    return rows
+
+
+def memory(rt: Runtime, with_minilm: bool = True) -> list[Row]:
+    """Checkpointed training steps (course CNN, deep MLP), the depthwise-separable course CNN, and MiniLM's fused
+    attention at long sequences; memory measured by :func:`course_lib.measure.peak_memory_bytes`."""
+    with tempfile.TemporaryDirectory() as folder:
+        rows = _checkpointing_rows(rt) + _depthwise_separable_rows(rt, Path(folder))
+        return rows + (_attention_rows(rt, Path(folder)) if with_minilm else [])
+
+
 IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline, "dataflow": dataflow,
                                                          "quantization": quantization, "pruning": pruning,
                                                          "sharing": sharing, "distillation": distillation,
-                                                         "decomposition": decomposition}
+                                                         "decomposition": decomposition, "memory": memory}
 
 
 def format_table(rows: list[Row]) -> str:

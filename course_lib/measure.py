@@ -7,6 +7,7 @@ in alternating rounds so that background noise hits all of them alike.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import tempfile
@@ -56,8 +57,17 @@ def count_nonzeros(model: nn.Module) -> int:
 
 
 def save_state_dict(model: nn.Module, path: str | os.PathLike) -> int:
-    """Write the model's ``state_dict`` as safetensors (atomically) and return the file's size in bytes."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    """Write the model's ``state_dict`` as safetensors (atomically) and return the file's size in bytes.
+
+    A tensor shared by several names (tied layers) is written once, under its first name; load such a file with
+    ``load_state_dict(..., strict=False)`` into a model that ties the same layers."""
+    state, written = {}, set()
+    for name, tensor in model.state_dict().items():
+        storage = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and storage in written:
+            continue
+        written.add(storage)
+        state[name] = tensor.detach().contiguous().cpu()
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
     return Path(path).stat().st_size
@@ -151,12 +161,14 @@ def compare_latency(
     warmup: int = 3,
     calls_per_round: int = 1,
     threads: int | None = None,
+    training: bool = False,
 ) -> dict[str, LatencyStats]:
     """Time several models on the same inputs in alternating rounds (A, B, A, B, ...).
 
     Each candidate is warmed up first (``warmup`` calls, which also triggers any compilation),
     then each round times ``calls_per_round`` calls of every candidate in turn. Alternating means
-    that noise from other processes hits all candidates alike. Runs under ``torch.inference_mode()``.
+    that noise from other processes hits all candidates alike. Runs under ``torch.inference_mode()``, or with
+    autograd on when ``training`` (the candidates are then whole training steps).
     """
     if not candidates:
         raise ValueError("compare_latency needs at least one candidate")
@@ -164,7 +176,7 @@ def compare_latency(
         raise ValueError(f"need rounds >= 1, calls_per_round >= 1, warmup >= 0; got {rounds}, "
                          f"{calls_per_round}, {warmup}")
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    with fixed_threads(threads), torch.inference_mode():
+    with fixed_threads(threads), (contextlib.nullcontext() if training else torch.inference_mode()):
         for fn in candidates.values():
             for _ in range(warmup):
                 fn(*inputs)
@@ -219,22 +231,27 @@ class _LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def peak_memory_bytes(fn: Callable, *inputs: torch.Tensor) -> int:
+def peak_memory_bytes(fn: Callable, *inputs: torch.Tensor, training: bool = False) -> int:
     """Peak bytes of the tensors that one call ``fn(*inputs)`` allocates (activations, workspaces, outputs).
 
     On CUDA this is the allocator's own peak (``torch.cuda.max_memory_allocated``) above what was
     allocated before the call. On CPU, where PyTorch keeps no allocator statistics, every tensor an
     operator creates is tracked until it is freed; weights and inputs that existed before are not counted.
+
+    ``training=False`` runs the call under ``torch.inference_mode()`` (an inference call). ``training=True``
+    runs it with autograd on, for a whole training step (forward, backward, optimiser step): the peak then
+    also holds the activations saved for backward, the gradients and any optimiser state created by the call.
     """
+    mode = contextlib.nullcontext() if training else torch.inference_mode()
     if any(isinstance(t, torch.Tensor) and t.is_cuda for t in inputs):
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        with torch.inference_mode():
+        with mode:
             fn(*inputs)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
     tracker = _LiveTensorBytes()
-    with torch.inference_mode(), tracker:
+    with mode, tracker:
         fn(*inputs)
     return tracker.peak

@@ -177,6 +177,22 @@ def truncated_minilm(teacher: MiniLM, keep_layers: Sequence[int]) -> MiniLM:
     return student.eval()
 
 
+def with_copied_positions(model: MiniLM, max_positions: int) -> MiniLM:
+    """A copy of ``model`` that accepts ``max_positions`` tokens: its 512 learned position embeddings are copied
+    one after another to fill the longer table, as Longformer (Beltagy et al. 2020) initialised its 4,096 positions
+    from RoBERTa's 512. Without further training the embeddings of long inputs are not meaningful sentence
+    embeddings; the computation, and its memory, are those of a long-context encoder of this size."""
+    if max_positions < model.cfg.max_positions:
+        raise ValueError(f"max_positions={max_positions} is shorter than the model's {model.cfg.max_positions}")
+    longer = MiniLM(dataclasses.replace(model.cfg, max_positions=max_positions))
+    state = model.state_dict()
+    table = state["position_embeddings.weight"]
+    repeats = -(-max_positions // len(table))
+    state["position_embeddings.weight"] = table.repeat(repeats, 1)[:max_positions].clone()
+    longer.load_state_dict(state)
+    return longer.to(table.device).eval()
+
+
 def _rename(key: str) -> str:
     """Map a Hugging Face BERT parameter name to this module's name."""
     replacements = [

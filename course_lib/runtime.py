@@ -55,9 +55,25 @@ INT8_CPU_FEATURES = {
 }
 
 
+BF16_CPU_FEATURES = {
+    "avx512_bf16": "AVX-512 BF16 (bfloat16 dot products on 512-bit vectors)",
+    "amx_bf16": "AMX (bfloat16 matrix tiles)",
+}
+
+
 def cpu_int8_features(cpuinfo: str | None = None) -> list[str] | None:
     """The CPU's fast int8 instruction sets, read from ``/proc/cpuinfo``; ``[]`` when it has none, ``None`` when
     they cannot be read on this OS (e.g. macOS, Windows)."""
+    return _cpu_features(INT8_CPU_FEATURES, cpuinfo)
+
+
+def cpu_bf16_features(cpuinfo: str | None = None) -> list[str] | None:
+    """The CPU's native bfloat16 instruction sets (without them bf16 is emulated in float32 and often slower), read
+    as :func:`cpu_int8_features` reads the int8 ones."""
+    return _cpu_features(BF16_CPU_FEATURES, cpuinfo)
+
+
+def _cpu_features(table: dict[str, str], cpuinfo: str | None) -> list[str] | None:
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo") as f:
@@ -65,7 +81,7 @@ def cpu_int8_features(cpuinfo: str | None = None) -> list[str] | None:
         except OSError:
             return None
     flags = set(cpuinfo.split())
-    return [description for flag, description in INT8_CPU_FEATURES.items() if flag in flags]
+    return [description for flag, description in table.items() if flag in flags]
 
 
 def describe_int8_features(features: list[str] | None) -> str:

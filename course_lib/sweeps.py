@@ -558,8 +558,224 @@ def decomposition(progress: bool = True) -> dict:
             "minilm": _minilm_ffn(progress)}
 
 
+MEMORY_BATCH_SIZES = (32, 64, 128, 256)
+MEMORY_SEGMENTS = (1, 2, 3, 4, 6, 8)
+MEMORY_DTYPES = ("float32", "bfloat16")
+MEMORY_OPTIMIZER = "momentum"
+BREAKDOWN_BATCH_SIZES = (1, 16, 64, 256)
+DEEP_MLP_DEPTH, DEEP_MLP_WIDTH, DEEP_MLP_BATCH = 36, 256, 1024
+DEEP_MLP_SEGMENTS = (1, 2, 3, 4, 6, 9, 12, 18, 36)
+HASHED_COMPRESSIONS = (1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32, 1 / 64)
+SHARING_EPOCHS = 3
+SHARING_RECIPE = dict(lr=2e-3, optimizer="adam", weight_decay=0.0, progress=False, evaluate_every_epoch=False)
+TIED_DEPTH, TIED_WIDTH = 8, 256
+BF16_STEPS = 300  # a short training from scratch (300 steps of 128 images), fp32 vs bf16 autocast
+ATTENTION_LENGTHS = (128, 256, 512, 1024, 2048)
+
+
+def _training_batch(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``batch_size`` training images and labels (the same inputs for every configuration)."""
+    train = load_fashion_mnist("train")
+    return train.images[:batch_size], train.labels[:batch_size]
+
+
+def _memory_breakdown() -> dict:
+    """Weights, gradients, optimiser state and saved activations on paper, and the measured step peak."""
+    from .memory import OPTIMIZERS, saved_activations, training_step_memory  # noqa: PLC0415
+
+    out = {}
+    for name in ("lenet_300_100", "course_cnn"):
+        model = load_reference(name)
+        rows = {}
+        for batch in BREAKDOWN_BATCH_SIZES:
+            images, labels = _training_batch(batch)
+            measured = {opt: training_step_memory(model, opt, images, labels) for opt in OPTIMIZERS}
+            rows[str(batch)] = {"saved_activations": sum(saved_activations(model, images).values()),
+                                "step_peak": {opt: m.step_peak for opt, m in measured.items()},
+                                "optimizer_state": {opt: m.optimizer_state for opt, m in measured.items()}}
+        out[name] = {"weights": sum(p.numel() * 4 for p in model.parameters()), "batches": rows}
+    return out
+
+
+def memory_key(batch_size: int, segments: int, dtype: str) -> str:
+    """The key of one training configuration of the checkpointing grid."""
+    return f"{batch_size}/{segments}/{dtype}"
+
+
+MAX_STEP_SLOWDOWN = 1.5  # checkpointing may cost at most this much step time (against the plain float32 step)
+
+
+def best_segments(grid: dict, batch_size: int, dtype: str) -> int:
+    """The segment count with the lowest measured peak at ``batch_size`` and ``dtype`` among those whose step takes at
+    most :data:`MAX_STEP_SLOWDOWN` times the plain float32 step (fewer segments on a tie)."""
+    plain = grid["grid"][memory_key(batch_size, 1, "float32")]["step_ms"]
+    allowed = [k for k in grid["segments"]
+               if grid["grid"][memory_key(batch_size, k, dtype)]["step_ms"] <= MAX_STEP_SLOWDOWN * plain]
+    if not allowed:
+        raise ValueError(f"no segment count keeps the step within {MAX_STEP_SLOWDOWN}x at batch {batch_size} {dtype}")
+    return min(allowed, key=lambda k: (grid["grid"][memory_key(batch_size, k, dtype)]["peak"], k))
+
+
+def lowest_peak_checkpointing(model: nn.Module, segments: int, images: torch.Tensor, labels: torch.Tensor,
+                              dtype: str) -> tuple[nn.Module, str]:
+    """The course CNN checkpointed in ``segments`` segments of equal layer counts or of equal saved bytes, whichever
+    step has the lower measured peak; and which one it is (``"layers"`` or ``"bytes"``)."""
+    from .memory import training_step_memory, with_checkpointing  # noqa: PLC0415
+
+    candidates = {"layers": with_checkpointing(model, segments), "bytes": with_checkpointing(model, segments, images)}
+    peaks = {balance: training_step_memory(m, MEMORY_OPTIMIZER, images, labels, dtype).peak
+             for balance, m in candidates.items()}
+    balance = min(peaks, key=lambda b: (peaks[b], b != "layers"))
+    return candidates[balance], balance
+
+
+def _checkpointing_grid(progress: bool) -> dict:
+    """Course CNN training steps: peak memory and step time for every batch size, segment count and dtype."""
+    from .memory import compare_step_time, saved_activations, training_step_memory  # noqa: PLC0415
+
+    cnn = load_reference("course_cnn")
+    grid, per_sample = {}, {}
+    configs = [(b, d) for b in MEMORY_BATCH_SIZES for d in MEMORY_DTYPES]
+    for batch, dtype in tqdm(configs, desc="batch sizes x dtypes", disable=not progress):
+        images, labels = _training_batch(batch)
+        models = {k: lowest_peak_checkpointing(cnn, k, images, labels, dtype) for k in MEMORY_SEGMENTS}
+        times = compare_step_time({str(k): m for k, (m, _) in models.items()}, MEMORY_OPTIMIZER, images, labels,
+                                  dtypes={str(k): dtype for k in models}, rounds=5)
+        for k, (model, balance) in models.items():
+            mem = training_step_memory(model, MEMORY_OPTIMIZER, images, labels, dtype)
+            grid[memory_key(batch, k, dtype)] = {"peak": mem.peak, "step_peak": mem.step_peak,
+                                                 "step_ms": round(times[str(k)].median_ms, 2),
+                                                 "starts": model.features.starts, "balance": balance}
+    images, _ = _training_batch(MEMORY_BATCH_SIZES[0])
+    for dtype in MEMORY_DTYPES:
+        per_sample[dtype] = {layer: round(size / len(images))
+                             for layer, size in saved_activations(cnn, images, dtype=dtype).items()}
+    weights = sum(p.numel() * 4 for p in cnn.parameters())
+    return {"optimizer": MEMORY_OPTIMIZER, "batch_sizes": list(MEMORY_BATCH_SIZES), "segments": list(MEMORY_SEGMENTS),
+            "dtypes": list(MEMORY_DTYPES), "weights": weights, "grid": grid,
+            "saved_per_sample": per_sample}
+
+
+def _deep_mlp_checkpointing(progress: bool) -> dict:
+    """Chen et al.'s experiment on a deep residual MLP: peak memory and step time against the number of segments."""
+    from .efficient import DeepMLP  # noqa: PLC0415
+    from .memory import compare_step_time, training_step_memory, with_checkpointing  # noqa: PLC0415
+
+    setup(seed=0)
+    model = DeepMLP(DEEP_MLP_DEPTH, DEEP_MLP_WIDTH)
+    images, labels = _training_batch(DEEP_MLP_BATCH)
+    models = {k: with_checkpointing(model, k, attribute="blocks") for k in DEEP_MLP_SEGMENTS}
+    times = compare_step_time({str(k): m for k, m in models.items()}, MEMORY_OPTIMIZER, images, labels, rounds=7)
+    rows = {}
+    for k, m in tqdm(models.items(), desc="segments", disable=not progress):
+        mem = training_step_memory(m, MEMORY_OPTIMIZER, images, labels)
+        rows[str(k)] = {"peak": mem.peak, "step_peak": mem.step_peak, "step_ms": round(times[str(k)].median_ms, 2)}
+    return {"depth": DEEP_MLP_DEPTH, "width": DEEP_MLP_WIDTH, "batch_size": DEEP_MLP_BATCH, "segments": rows}
+
+
+def _trained_val_accuracy(model: nn.Module, epochs: int = SHARING_EPOCHS) -> float:
+    train_model(model, epochs=epochs, **SHARING_RECIPE)
+    return val_accuracy(model)
+
+
+def dense_mlp_with(parameters: int) -> nn.Module:
+    """A LeNet-300-100-shaped MLP (hidden layers 3:1) scaled down to about ``parameters`` parameters: HashedNets'
+    fair comparison, a small dense network with the same storage."""
+    from .models import LeNet300100  # noqa: PLC0415
+
+    # 784 h + h + h (h / 3) + h / 3 + (h / 3) 10 + 10 = parameters, solved for the first hidden width h
+    a, b, c = 1 / 3, 784 + 1 + 1 / 3 + 10 / 3, 10 - parameters
+    hidden = max(3, round((-b + (b * b - 4 * a * c) ** 0.5) / (2 * a)))
+    return LeNet300100(hidden=(hidden, max(1, round(hidden / 3))))
+
+
+def _parameter_sharing(progress: bool) -> dict:
+    """Hashed LeNet-300-100 at several compressions vs dense MLPs of the same size; tied vs untied deep MLPs."""
+    from .efficient import DeepMLP, hashed_mlp  # noqa: PLC0415
+    from .measure import serialized_bytes  # noqa: PLC0415
+
+    hashed = {}
+    for compression in tqdm(HASHED_COMPRESSIONS, desc="hashed compressions", disable=not progress):
+        setup(seed=0)
+        model = hashed_mlp(compression)
+        params = count_parameters(model)
+        setup(seed=0)
+        dense = dense_mlp_with(params)
+        hashed[f"{compression:.6f}"] = {
+            "compression": compression, "parameters": params, "bytes": serialized_bytes(model),
+            "val_accuracy": _trained_val_accuracy(model),
+            "dense_parameters": count_parameters(dense), "dense_hidden": [dense.fc1.out_features, dense.fc2.out_features],
+            "dense_val_accuracy": _trained_val_accuracy(dense)}
+    tied = {}
+    for label, depth, is_tied in (("untied", TIED_DEPTH, False), ("tied", TIED_DEPTH, True), ("one block", 1, False)):
+        setup(seed=0)
+        model = DeepMLP(depth, TIED_WIDTH, tied=is_tied)
+        tied[label] = {"depth": depth, "parameters": count_parameters(model), "bytes": serialized_bytes(model),
+                       "val_accuracy": _trained_val_accuracy(model)}
+    return {"epochs": SHARING_EPOCHS, "hashed": hashed, "tied": tied}
+
+
+def _bf16_training(progress: bool) -> dict:
+    """A short training of the course CNN from scratch in float32 and with bf16 autocast: accuracy and time."""
+    import time  # noqa: PLC0415
+
+    from .memory import autocast_loss  # noqa: PLC0415
+
+    out = {}
+    for dtype in tqdm(MEMORY_DTYPES, desc="activation dtypes", disable=not progress):
+        model = initial_model("course_cnn")
+        start = time.perf_counter()
+        recipe = dict(RECIPES["course_cnn"], epochs=1, augment=False)
+        train_model(model, steps_per_epoch=BF16_STEPS, loss_fn=autocast_loss(dtype), progress=False,
+                    evaluate_every_epoch=False, **recipe)
+        out[dtype] = {"val_accuracy": val_accuracy(model), "seconds": round(time.perf_counter() - start, 1)}
+    return {"steps": BF16_STEPS, "batch_size": RECIPES["course_cnn"]["batch_size"], "runs": out}
+
+
+def attention_inputs(length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sequence of ``length`` real tokens: the Wikipedia validation sentences, tokenized and concatenated."""
+    from . import minilm  # noqa: PLC0415
+    from .data import load_wikipedia_sentences  # noqa: PLC0415
+
+    text = " ".join(load_wikipedia_sentences()[1])
+    ids = minilm.tokenize([text], max_length=1_000_000)["input_ids"][:, :length]
+    if ids.shape[1] < length:
+        raise ValueError(f"the validation sentences give only {ids.shape[1]} tokens, fewer than {length}")
+    return ids, torch.ones_like(ids)
+
+
+def _attention(progress: bool) -> dict:
+    """MiniLM at growing lengths: peak inference memory, latency and agreement of explicit vs fused attention."""
+    from . import minilm  # noqa: PLC0415
+    from .measure import compare_latency, peak_memory_bytes  # noqa: PLC0415
+
+    model = minilm.with_copied_positions(minilm.load_minilm(), max(ATTENTION_LENGTHS))
+    explicit = minilm.use_fused_attention(copy.deepcopy(model), False)
+    fused = minilm.use_fused_attention(model, True)
+    rows = {}
+    for length in tqdm(ATTENTION_LENGTHS, desc="sequence lengths", disable=not progress):
+        inputs = attention_inputs(length)
+        times = compare_latency({"explicit": explicit, "sdpa": fused}, inputs, rounds=5, warmup=1)
+        with torch.inference_mode():
+            difference = (explicit(*inputs) - fused(*inputs)).abs().max().item()
+        rows[str(length)] = {"explicit_peak": peak_memory_bytes(explicit, *inputs),
+                             "sdpa_peak": peak_memory_bytes(fused, *inputs),
+                             "explicit_ms": round(times["explicit"].median_ms, 2),
+                             "sdpa_ms": round(times["sdpa"].median_ms, 2), "max_difference": difference}
+    return {"batch_size": 1, "heads": model.cfg.heads, "lengths": rows}
+
+
+def memory(progress: bool = True) -> dict:
+    """Training memory of the course CNN and LeNet-300-100, checkpointing (course CNN and a deep MLP), bf16
+    autocast, parameter sharing (hashing, tying) and MiniLM's attention memory against length."""
+    return {"dataset": SWEEP_DATASET, "breakdown": _memory_breakdown(), "checkpointing": _checkpointing_grid(progress),
+            "deep_mlp": _deep_mlp_checkpointing(progress), "bf16": _bf16_training(progress),
+            "sharing": _parameter_sharing(progress), "attention": _attention(progress)}
+
+
 SWEEPS: dict[str, Callable[..., dict]] = {"quantization": quantization, "pruning": pruning, "sharing": sharing,
-                                          "distillation": distillation, "decomposition": decomposition}
+                                          "distillation": distillation, "decomposition": decomposition,
+                                          "memory": memory}
 
 
 def results_path(name: str) -> Path:

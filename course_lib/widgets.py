@@ -431,3 +431,74 @@ def decomposition_explorer(model: torch.nn.Module, results: dict) -> widgets.VBo
     update()
     return widgets.VBox([widgets.HBox(list(sliders.values())[:3]), widgets.HBox([*list(sliders.values())[3:], classifier]),
                          text, plot])
+
+
+FORWARD_SHARE_OF_STEP = 1 / 3  # backward costs about twice the forward, so a recomputed forward adds about a third
+
+
+def summarize_memory_choice(results: dict, batch_size: int, segments: int, dtype: str) -> dict:
+    """A course CNN training step predicted on paper and measured (from the cached sweep ``results``, its
+    ``checkpointing`` entry): bytes of weights, gradients and optimiser state; saved activations, where a
+    checkpointed step keeps the segment inputs plus the larger of the last segment's activations and the largest
+    recomputed segment; step time, where the recomputed share of the forward adds its cost once more."""
+    from course_lib.memory import OPTIMIZER_STATE_SLOTS  # noqa: PLC0415
+
+    key = f"{batch_size}/{segments}/{dtype}"
+    if key not in results["grid"]:
+        raise ValueError(f"the cache holds batch sizes {results['batch_sizes']}, segments {results['segments']} and "
+                         f"dtypes {results['dtypes']}; got {batch_size}, {segments}, {dtype!r}")
+    measured = results["grid"][key]
+    per_sample = results["saved_per_sample"][dtype]
+    layers = [name for name in per_sample if name.startswith("features.")]
+    index = {name: int(name.split(".")[1]) for name in layers}
+    bounds = [0, *measured["starts"], 10 ** 6]
+    segment_bytes = [sum(per_sample[n] for n in layers if lo <= index[n] < hi) for lo, hi in zip(bounds, bounds[1:])]
+    outside = sum(size for name, size in per_sample.items() if name not in index)
+    kept_inputs = sum(per_sample.get(f"features.{start - 1}", 0) for start in measured["starts"])
+    checkpointed = segment_bytes[:-1]
+    activations = batch_size * (kept_inputs + max(segment_bytes[-1] + outside, max(checkpointed, default=0)))
+    weights = results["weights"]
+    state = weights * OPTIMIZER_STATE_SLOTS[results["optimizer"]]
+    recomputed = sum(checkpointed) / max(1, sum(segment_bytes) + outside)
+    plain_ms = results["grid"][f"{batch_size}/1/{dtype}"]["step_ms"]
+    return {"weights": weights, "gradients": weights, "optimizer_state": state, "activations": activations,
+            "predicted_peak": 2 * weights + state + activations, "measured_peak": measured["peak"],
+            "predicted_ms": plain_ms * (1 + FORWARD_SHARE_OF_STEP * recomputed), "measured_ms": measured["step_ms"],
+            "plain_float32_peak": results["grid"][f"{batch_size}/1/float32"]["peak"], "starts": measured["starts"]}
+
+
+def memory_explorer(results: dict) -> widgets.VBox:
+    """Batch size, checkpoint segments and activation dtype of a course CNN training step: the peak memory and step
+    time predicted on paper next to the ones measured by the sweep (``results``: its ``checkpointing`` entry)."""
+    batch = widgets.SelectionSlider(options=results["batch_sizes"], value=64, description="batch size",
+                                    continuous_update=False)
+    segments = widgets.SelectionSlider(options=results["segments"], value=1, description="segments",
+                                       continuous_update=False)
+    dtype = widgets.ToggleButtons(options=results["dtypes"], value="float32", description="activations")
+    text = widgets.HTML()
+    plot, fig = _figure_output((7.5, 2.8))
+
+    def update(change: dict | None = None) -> None:
+        s = summarize_memory_choice(results, batch.value, segments.value, dtype.value)
+        fig.clear()
+        ax = fig.add_subplot()
+        parts = {"weights": s["weights"], "gradients": s["gradients"], "optimiser state": s["optimizer_state"],
+                 "saved activations": s["activations"]}
+        left = 0.0
+        for (label, size), colour in zip(parts.items(), PALETTE):
+            ax.barh(["predicted"], [size / 1e6], left=left, color=colour, label=label)
+            left += size / 1e6
+        ax.barh(["measured"], [s["measured_peak"] / 1e6], color="0.4", hatch="//", label="measured peak")
+        ax.set(xlabel="MB", title="Training step of the course CNN (SGD with momentum)")
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        text.value = (f"<pre>peak: predicted {s['predicted_peak'] / 1e6:.1f} MB, measured {s['measured_peak'] / 1e6:.1f}"
+                      f" MB ({s['plain_float32_peak'] / s['measured_peak']:.2f}x below plain float32)\n"
+                      f"step time: predicted {s['predicted_ms']:.0f} ms, measured {s['measured_ms']:.0f} ms "
+                      f"(cached, when the sweep ran)\nsegments start at layers {s['starts'] or 'none'}</pre>")
+        _show(plot, fig)
+
+    for control in (batch, segments, dtype):
+        control.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([batch, segments]), dtype, text, plot])

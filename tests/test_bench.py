@@ -153,3 +153,26 @@ def test_decomposition_rows_from_written_and_reloaded_files():
     assert compared["ffn-asvd"].metric > compared["ffn-svd"].metric + 0.05, "whitening wins at equal rank"
     assert compared["ffn-asvd"].size_bytes == compared["ffn-svd"].size_bytes and compared["ffn-svd"].compression > 1
     assert all(r.metric >= 0.99 for r in minilm if r.rank != 256), "the other rows are where each reaches 0.99"
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")
+def test_memory_rows_measure_training_and_inference_peaks():
+    """The real code (MiniLM's long sequences left to the CLI): schema, the checkpointed steps' gradients, the
+    depthwise-separable CNN from its written and reloaded file."""
+    from course_lib.bench import memory
+    from course_lib.runtime import setup
+
+    rows = memory(setup(), with_minilm=False)
+    keys = [(r.model, r.variant) for r in rows]
+    assert keys == [("course_cnn", "train-checkpointed"), ("course_cnn", "train-checkpointed-bf16"),
+                    ("deep_mlp", "train-checkpointed-sqrt"), ("course_cnn_ds", "depthwise-separable"),
+                    ("course_cnn_ds", "depthwise-separable-eager")]
+    checkpointed, mixed, deep, ds, _ = rows
+    assert checkpointed.metric < 1e-5 and checkpointed.metric_name == "gradient_relative_error"
+    assert 1e-5 < mixed.metric < 0.3, "bfloat16 changes the gradients (8 bits of mantissa), not the training (sweep)"
+    for row in (checkpointed, mixed, deep):
+        assert row.peak_memory_bytes < row.baseline_peak_memory_bytes and row.batch_size >= 64
+    assert mixed.peak_memory_bytes < checkpointed.peak_memory_bytes
+    assert deep.baseline_peak_memory_bytes >= 2 * deep.peak_memory_bytes
+    assert ds.baseline_parameters >= 5 * ds.parameters and ds.baseline_macs > 3 * ds.macs
+    assert ds.metric > ds.baseline_metric - 0.015 and ds.compression > 5

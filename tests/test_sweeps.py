@@ -175,3 +175,49 @@ def test_cached_decomposition_entries_match_a_fresh_measurement():
     assert abs(fresh - cnn_results["sensitivity"][layer][i]) < 0.002, "regenerate: python -m course_lib.sweeps decomposition"
     plan = D.plan_from_json(cnn_results["selection"][cnn_results["chosen"]]["plan"])
     assert abs(sweeps.val_accuracy(D.decompose(cnn, plan)) - cnn_results["selection"][cnn_results["chosen"]]["before"]) < 0.002
+
+
+def test_memory_cache_is_complete_and_tells_the_lessons():
+    results = sweeps.load_results("memory")
+    grid = results["checkpointing"]
+    assert len(grid["grid"]) == len(sweeps.MEMORY_BATCH_SIZES) * len(sweeps.MEMORY_SEGMENTS) * len(sweeps.MEMORY_DTYPES)
+    for batch in sweeps.MEMORY_BATCH_SIZES:
+        plain = grid["grid"][sweeps.memory_key(batch, 1, "float32")]
+        assert all(grid["grid"][sweeps.memory_key(batch, k, "float32")]["peak"] < plain["peak"]
+                   for k in sweeps.MEMORY_SEGMENTS[1:]), "every checkpointed step needs less memory"
+        assert grid["grid"][sweeps.memory_key(batch, 1, "bfloat16")]["peak"] < plain["peak"]
+    deep = results["deep_mlp"]["segments"]
+    sqrt_k = str(round(sweeps.DEEP_MLP_DEPTH ** 0.5))
+    assert deep["1"]["peak"] / deep[sqrt_k]["peak"] >= 2, "Chen's sqrt(n) schedule halves the deep MLP's memory"
+    best = min(v["peak"] for v in deep.values())
+    assert deep[str(sweeps.DEEP_MLP_DEPTH)]["peak"] > 1.2 * best, "one segment per layer keeps every input again"
+    sharing = results["sharing"]
+    assert sharing["tied"]["tied"]["parameters"] == sharing["tied"]["one block"]["parameters"]
+    assert sharing["tied"]["untied"]["parameters"] > 2 * sharing["tied"]["tied"]["parameters"]
+    hashed = sharing["hashed"]
+    assert [e["compression"] for e in hashed.values()] == list(sweeps.HASHED_COMPRESSIONS)
+    assert all(abs(e["dense_parameters"] - e["parameters"]) <= 0.05 * e["parameters"] for e in hashed.values())
+    attention = results["attention"]["lengths"]
+    assert [int(n) for n in attention] == list(sweeps.ATTENTION_LENGTHS)
+    assert all(e["max_difference"] < 1e-5 for e in attention.values()), "fused and explicit attention agree"
+    assert attention["2048"]["explicit_peak"] >= 4 * attention["2048"]["sdpa_peak"]
+    assert set(results["bf16"]["runs"]) == set(sweeps.MEMORY_DTYPES)
+
+
+def test_cached_memory_entries_match_a_fresh_measurement():
+    from course_lib import memory as M
+    from course_lib.models import load_reference
+
+    grid = sweeps.load_results("memory")["checkpointing"]
+    images, labels = sweeps._training_batch(32)
+    cnn = load_reference("course_cnn")
+    for segments, dtype in ((1, "float32"), (4, "bfloat16")):
+        entry = grid["grid"][sweeps.memory_key(32, segments, dtype)]
+        example = images if entry["balance"] == "bytes" else None
+        assert M.with_checkpointing(cnn, segments, example).features.starts == entry["starts"]
+        model = M.checkpoint_at(cnn, entry["starts"])
+        fresh = M.training_step_memory(model, sweeps.MEMORY_OPTIMIZER, images, labels, dtype).peak
+        assert abs(fresh - entry["peak"]) <= 0.02 * entry["peak"], "regenerate: python -m course_lib.sweeps memory"
+    hashed = sweeps.load_results("memory")["sharing"]["hashed"]
+    assert sweeps.dense_mlp_with(hashed[f"{1 / 64:.6f}"]["parameters"]).fc1.out_features == \
+        hashed[f"{1 / 64:.6f}"]["dense_hidden"][0]

@@ -260,3 +260,27 @@ def test_decomposition_explorer_follows_its_controls():
     assert light["estimated_accuracy"] < results["baseline_accuracy"]
     with pytest.raises(ValueError, match="the cache holds the rank fractions"):
         W.summarize_rank_choice(cnn, results, {"features.3": 0.3}, 64)
+
+
+def test_memory_explorer_follows_its_controls():
+    from course_lib import widgets as W
+    from course_lib.sweeps import load_results
+
+    grid = load_results("memory")["checkpointing"]
+    box = W.memory_explorer(grid)
+    text = box.children[2]
+    before = text.value
+    box.children[0].children[1].value = grid["segments"][-1]
+    assert text.value != before and "measured" in text.value
+    plain = W.summarize_memory_choice(grid, 64, 1, "float32")
+    assert plain["starts"] == [] and plain["measured_peak"] == plain["plain_float32_peak"]
+    assert 0.7 < plain["predicted_peak"] / plain["measured_peak"] < 1.3, "on paper is close for a plain step"
+    assert plain["predicted_ms"] == plain["measured_ms"], "no recomputation, no extra time"
+    split = W.summarize_memory_choice(grid, 64, 4, "float32")
+    assert split["activations"] < plain["activations"] and split["predicted_ms"] > plain["predicted_ms"]
+    half = W.summarize_memory_choice(grid, 64, 1, "bfloat16")
+    assert half["activations"] < plain["activations"] and half["weights"] == plain["weights"]
+    bigger = W.summarize_memory_choice(grid, 256, 1, "float32")
+    assert bigger["activations"] == pytest.approx(4 * plain["activations"], rel=0.01)
+    with pytest.raises(ValueError, match="the cache holds batch sizes"):
+        W.summarize_memory_choice(grid, 100, 1, "float32")
