@@ -124,6 +124,23 @@ def saved_activations(model: nn.Module, *inputs: torch.Tensor,
     return per_layer
 
 
+def layer_output_bytes(model: nn.Module, *inputs: torch.Tensor, dtype: str | torch.dtype = "float32") -> dict[str, int]:
+    """Bytes of each leaf module's output in one forward pass (under autocast for a lower ``dtype``): what a
+    checkpoint keeps when a segment starts after that module."""
+    dtype = activation_dtype(dtype)
+    sizes: dict[str, int] = {}
+    handles = [module.register_forward_hook(
+        lambda _m, _a, out, name=name: sizes.__setitem__(name, out.numel() * out.element_size()))
+        for name, module in _leaf_modules(model)]
+    try:
+        with torch.no_grad(), _autocast(dtype, inputs):
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
 def _autocast(dtype: torch.dtype, inputs: tuple) -> object:
     if dtype == torch.float32:
         return nullcontext()

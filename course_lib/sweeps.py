@@ -646,14 +646,26 @@ def _checkpointing_grid(progress: bool) -> dict:
             grid[memory_key(batch, k, dtype)] = {"peak": mem.peak, "step_peak": mem.step_peak,
                                                  "step_ms": round(times[str(k)].median_ms, 2),
                                                  "starts": model.features.starts, "balance": balance}
-    images, _ = _training_batch(MEMORY_BATCH_SIZES[0])
-    for dtype in MEMORY_DTYPES:
-        per_sample[dtype] = {layer: round(size / len(images))
-                             for layer, size in saved_activations(cnn, images, dtype=dtype).items()}
-    weights = sum(p.numel() * 4 for p in cnn.parameters())
     return {"optimizer": MEMORY_OPTIMIZER, "batch_sizes": list(MEMORY_BATCH_SIZES), "segments": list(MEMORY_SEGMENTS),
-            "dtypes": list(MEMORY_DTYPES), "weights": weights, "grid": grid,
-            "saved_per_sample": per_sample}
+            "dtypes": list(MEMORY_DTYPES), "weights": sum(p.numel() * 4 for p in cnn.parameters()), "grid": grid,
+            **saved_bytes_model(cnn)}
+
+
+def saved_bytes_model(cnn: nn.Module) -> dict:
+    """Per layer and dtype: the bytes saved for backward per example and once per batch (autocast's low-precision
+    weight copies), from two batch sizes, and each layer's output bytes per example (what a checkpoint keeps)."""
+    from .memory import layer_output_bytes, saved_activations  # noqa: PLC0415
+
+    small, large = _training_batch(MEMORY_BATCH_SIZES[0])[0], _training_batch(MEMORY_BATCH_SIZES[1])[0]
+    extra = len(large) - len(small)
+    per_sample, constant, outputs = {}, {}, {}
+    for dtype in MEMORY_DTYPES:
+        a, b = saved_activations(cnn, small, dtype=dtype), saved_activations(cnn, large, dtype=dtype)
+        per_sample[dtype] = {layer: round((b[layer] - a.get(layer, 0)) / extra) for layer in b}
+        constant[dtype] = {layer: b[layer] - len(large) * per_sample[dtype][layer] for layer in b}
+        outputs[dtype] = {layer: size // len(small) for layer, size in
+                          layer_output_bytes(cnn, small, dtype=dtype).items()}
+    return {"saved_per_sample": per_sample, "saved_per_batch": constant, "output_per_sample": outputs}
 
 
 def _deep_mlp_checkpointing(progress: bool) -> dict:

@@ -439,8 +439,9 @@ FORWARD_SHARE_OF_STEP = 1 / 3  # backward costs about twice the forward, so a re
 def summarize_memory_choice(results: dict, batch_size: int, segments: int, dtype: str) -> dict:
     """A course CNN training step predicted on paper and measured (from the cached sweep ``results``, its
     ``checkpointing`` entry): bytes of weights, gradients and optimiser state; saved activations, where a
-    checkpointed step keeps the segment inputs plus the larger of the last segment's activations and the largest
-    recomputed segment; step time, where the recomputed share of the forward adds its cost once more."""
+    checkpointed step keeps the segment inputs (the outputs of the layers before them) plus the larger of the last
+    segment's activations and the largest recomputed segment, and autocast's per-batch weight copies; step time,
+    where the recomputed share of the forward adds its cost once more."""
     from course_lib.memory import OPTIMIZER_STATE_SLOTS  # noqa: PLC0415
 
     key = f"{batch_size}/{segments}/{dtype}"
@@ -454,9 +455,11 @@ def summarize_memory_choice(results: dict, batch_size: int, segments: int, dtype
     bounds = [0, *measured["starts"], 10 ** 6]
     segment_bytes = [sum(per_sample[n] for n in layers if lo <= index[n] < hi) for lo, hi in zip(bounds, bounds[1:])]
     outside = sum(size for name, size in per_sample.items() if name not in index)
-    kept_inputs = sum(per_sample.get(f"features.{start - 1}", 0) for start in measured["starts"])
+    outputs = results["output_per_sample"][dtype]
+    kept_inputs = sum(outputs[f"features.{start - 1}"] for start in measured["starts"])
     checkpointed = segment_bytes[:-1]
-    activations = batch_size * (kept_inputs + max(segment_bytes[-1] + outside, max(checkpointed, default=0)))
+    activations = batch_size * (kept_inputs + max(segment_bytes[-1] + outside, max(checkpointed, default=0))) + \
+        sum(results["saved_per_batch"][dtype].values())
     weights = results["weights"]
     state = weights * OPTIMIZER_STATE_SLOTS[results["optimizer"]]
     recomputed = sum(checkpointed) / max(1, sum(segment_bytes) + outside)
