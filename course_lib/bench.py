@@ -623,7 +623,8 @@ def _attention_rows(rt: Runtime, folder: Path) -> list[Row]:
             difference = (explicit(*inputs) - fused(*inputs)).abs().max().item()
         row = make_row(rt, "memory", "minilm", "sdpa-attention", 1, "max_abs_embedding_difference", difference, 0.0,
                        size, size, latency["sdpa"], latency["explicit"])
-        rows.append(dataclasses.replace(row, tokens=tokens, peak_memory_bytes=peak_memory_bytes(fused, *inputs),
+        rows.append(dataclasses.replace(row, metric=float(f"{difference:.2g}"), tokens=tokens,  # not rounded to 0
+                                        peak_memory_bytes=peak_memory_bytes(fused, *inputs),
                                         baseline_peak_memory_bytes=peak_memory_bytes(explicit, *inputs)))
     return rows
 
