@@ -593,39 +593,34 @@ def _depthwise_separable_rows(rt: Runtime, folder: Path) -> list[Row]:
     timings = {"depthwise-separable": compare_latency({"cnn": compile_fn(cnn), "ds": compile_fn(ds)}, (x,), rounds=20),
                "depthwise-separable-eager": compare_latency({"cnn": cnn, "ds": ds}, (x,), rounds=15)}
     accuracy, baseline_accuracy = evaluate(ds, device=rt.device), evaluate(cnn, device=rt.device)
-    rows = []
-    for variant, timed in timings.items():
-        row = make_row(rt, "memory", "course_cnn_ds", variant, MEMORY_BATCH_SIZE, "accuracy", accuracy,
-                       baseline_accuracy, ds_size, cnn_size, timed["ds"], timed["cnn"])
-        rows.append(dataclasses.replace(
-            row, peak_memory_bytes=peak_memory_bytes(ds, x), baseline_peak_memory_bytes=peak_memory_bytes(cnn, x),
-            parameters=count_parameters(ds), baseline_parameters=count_parameters(cnn),
-            macs=count_macs(ds, x[:1]), baseline_macs=count_macs(cnn, x[:1])))
-    return rows
+    measured = dict(peak_memory_bytes=peak_memory_bytes(ds, x), baseline_peak_memory_bytes=peak_memory_bytes(cnn, x),
+                    parameters=count_parameters(ds), baseline_parameters=count_parameters(cnn),
+                    macs=count_macs(ds, x[:1]), baseline_macs=count_macs(cnn, x[:1]))
+    return [dataclasses.replace(make_row(rt, "memory", "course_cnn_ds", variant, MEMORY_BATCH_SIZE, "accuracy",
+                                         accuracy, baseline_accuracy, ds_size, cnn_size, timed["ds"], timed["cnn"]),
+                                **measured)
+            for variant, timed in timings.items()]
 
 
 def _attention_rows(rt: Runtime, folder: Path) -> list[Row]:
     """MiniLM (its 512 positions copied to 2,048) on one sequence of real tokens: explicit attention against
     PyTorch's fused ``scaled_dot_product_attention``, same weights: peak inference memory, latency, and the largest
     difference between their outputs (the metric; 0 means equal)."""
-    from course_lib.measure import peak_memory_bytes  # noqa: PLC0415
     from course_lib.minilm import use_fused_attention, with_copied_positions  # noqa: PLC0415
-    from course_lib.sweeps import attention_inputs  # noqa: PLC0415
+    from course_lib.sweeps import attention_inputs, compare_attention  # noqa: PLC0415
 
     fp32, size = _write_and_reload(load_minilm(), MiniLM, folder, "minilm", rt.device)
     fused = with_copied_positions(fp32, max(MEMORY_TOKENS))
     explicit = use_fused_attention(copy.deepcopy(fused), False)
     rows = []
     for tokens in MEMORY_TOKENS:
-        inputs = tuple(t.to(rt.device) for t in attention_inputs(tokens))
-        latency = compare_latency({"explicit": explicit, "sdpa": fused}, inputs, rounds=7, warmup=1)
-        with torch.inference_mode():
-            difference = (explicit(*inputs) - fused(*inputs)).abs().max().item()
-        row = make_row(rt, "memory", "minilm", "sdpa-attention", 1, "max_abs_embedding_difference", difference, 0.0,
-                       size, size, latency["sdpa"], latency["explicit"])
-        rows.append(dataclasses.replace(row, metric=float(f"{difference:.2g}"), tokens=tokens,  # not rounded to 0
-                                        peak_memory_bytes=peak_memory_bytes(fused, *inputs),
-                                        baseline_peak_memory_bytes=peak_memory_bytes(explicit, *inputs)))
+        compared = compare_attention(explicit, fused, tuple(t.to(rt.device) for t in attention_inputs(tokens)),
+                                     rounds=7)
+        row = make_row(rt, "memory", "minilm", "sdpa-attention", 1, "max_abs_embedding_difference", 0.0, 0.0,
+                       size, size, compared["sdpa"], compared["explicit"])
+        rows.append(dataclasses.replace(row, metric=float(f"{compared['max_difference']:.2g}"),  # not rounded to 0
+                                        tokens=tokens, peak_memory_bytes=compared["sdpa_peak"],
+                                        baseline_peak_memory_bytes=compared["explicit_peak"]))
     return rows
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
-from course_lib.measure import LatencyStats, compare_latency, peak_memory_bytes
+from course_lib.measure import LatencyStats, _LiveTensorBytes, compare_latency, peak_memory_bytes
 
 ACTIVATION_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                              "float16": torch.float16}
@@ -315,12 +314,16 @@ def segment_starts(layers: nn.Sequential, segments: int, layer_bytes: list[int] 
 def checkpoint_at(model: nn.Module, starts: list[int], attribute: str = "features") -> nn.Module:
     """A copy of ``model`` whose ``nn.Sequential`` ``model.<attribute>`` is checkpointed in segments beginning at the
     layer indices ``starts`` (the first segment begins at 0)."""
+    checkpointed = copy.deepcopy(model)
+    setattr(checkpointed, attribute, CheckpointedSequential(_sequential(checkpointed, attribute), starts))
+    return checkpointed
+
+
+def _sequential(model: nn.Module, attribute: str) -> nn.Sequential:
     layers = getattr(model, attribute, None)
     if not isinstance(layers, nn.Sequential):
         raise ValueError(f"the model has no nn.Sequential called {attribute!r} to checkpoint")
-    checkpointed = copy.deepcopy(model)
-    setattr(checkpointed, attribute, CheckpointedSequential(copy.deepcopy(layers), starts))
-    return checkpointed
+    return layers
 
 
 def with_checkpointing(model: nn.Module, segments: int, example: torch.Tensor | None = None,
@@ -329,9 +332,7 @@ def with_checkpointing(model: nn.Module, segments: int, example: torch.Tensor | 
 
     With an ``example`` input the segments hold equal saved-activation bytes (measured on it), else equal numbers
     of layers (:func:`segment_starts`)."""
-    layers = getattr(model, attribute, None)
-    if not isinstance(layers, nn.Sequential):
-        raise ValueError(f"the model has no nn.Sequential called {attribute!r} to checkpoint")
+    layers = _sequential(model, attribute)
     layer_bytes = None
     if example is not None:
         saved = saved_activations(layers, example)
@@ -349,37 +350,29 @@ class Op:
     reads: tuple[int, ...]
 
 
-class _OpRecorder(TorchDispatchMode):
+class _OpRecorder(_LiveTensorBytes):
+    """The live-tensor tracker of :func:`~course_lib.measure.peak_memory_bytes`, also noting which operator created
+    each live buffer and which live buffers each operator reads."""
+
     def __init__(self) -> None:
         super().__init__()
         self.ops: list[Op] = []
         self.owner: dict[int, int] = {}  # storage pointer -> index of the op that created the live buffer there
-        self.references: dict[int, int] = {}  # storage pointer -> live tensors viewing it
 
     def _release(self, pointer: int) -> None:
-        self.references[pointer] -= 1
-        if self.references[pointer] == 0:  # freed: the allocator may hand the address to a later buffer
-            del self.references[pointer], self.owner[pointer]
+        super()._release(pointer)
+        if pointer not in self.references:  # freed: the allocator may hand the address to a later buffer
+            del self.owner[pointer]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        read_pointers = [t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs))
-                         if isinstance(t, torch.Tensor)]
-        reads = tuple(sorted({self.owner[p] for p in read_pointers if p in self.owner}))
-        created = 0
+        reads = tuple(sorted({self.owner[t.untyped_storage().data_ptr()] for t in tree_leaves((args, kwargs))
+                              if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in self.owner}))
+        out = super().__torch_dispatch__(func, types, args, kwargs)
         index = len(self.ops)
-        for tensor in tree_leaves(out):
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            pointer = tensor.untyped_storage().data_ptr()
-            if not pointer or (pointer in read_pointers and pointer not in self.owner):
-                continue  # a view of a weight or an input
-            if pointer not in self.owner:
-                self.owner[pointer], self.references[pointer] = index, 0
-                created += tensor.untyped_storage().nbytes()
-            self.references[pointer] += 1
-            weakref.finalize(tensor, self._release, pointer)
-        self.ops.append(Op(func.overloadpacket.__name__, created, reads))
+        created = [pointer for pointer in self.references if pointer not in self.owner]
+        for pointer in created:
+            self.owner[pointer] = index
+        self.ops.append(Op(func.overloadpacket.__name__, sum(self.sizes[p] for p in created), reads))
         return out
 
 

@@ -581,7 +581,7 @@ def _training_batch(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _memory_breakdown() -> dict:
     """Weights, gradients, optimiser state and saved activations on paper, and the measured step peak."""
-    from .memory import OPTIMIZERS, saved_activations, training_step_memory  # noqa: PLC0415
+    from .memory import OPTIMIZERS, parameter_bytes, saved_activations, training_step_memory  # noqa: PLC0415
 
     out = {}
     for name in ("lenet_300_100", "course_cnn"):
@@ -593,7 +593,7 @@ def _memory_breakdown() -> dict:
             rows[str(batch)] = {"saved_activations": sum(saved_activations(model, images).values()),
                                 "step_peak": {opt: m.step_peak for opt, m in measured.items()},
                                 "optimizer_state": {opt: m.optimizer_state for opt, m in measured.items()}}
-        out[name] = {"weights": sum(p.numel() * 4 for p in model.parameters()), "batches": rows}
+        out[name] = {"weights": parameter_bytes(model), "batches": rows}
     return out
 
 
@@ -647,7 +647,7 @@ def _checkpointing_grid(progress: bool) -> dict:
                                                  "step_ms": round(times[str(k)].median_ms, 2),
                                                  "starts": model.features.starts, "balance": balance}
     return {"optimizer": MEMORY_OPTIMIZER, "batch_sizes": list(MEMORY_BATCH_SIZES), "segments": list(MEMORY_SEGMENTS),
-            "dtypes": list(MEMORY_DTYPES), "weights": sum(p.numel() * 4 for p in cnn.parameters()), "grid": grid,
+            "dtypes": list(MEMORY_DTYPES), "weights": parameter_bytes(cnn), "grid": grid,
             **saved_bytes_model(cnn)}
 
 
@@ -756,24 +756,32 @@ def attention_inputs(length: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, torch.ones_like(ids)
 
 
+def compare_attention(explicit: nn.Module, fused: nn.Module, inputs: tuple, rounds: int) -> dict:
+    """The same MiniLM with explicit and with fused attention on the same inputs: peak inference memory and latency
+    (alternating rounds) of each, and the largest difference between their outputs."""
+    from .measure import compare_latency, peak_memory_bytes  # noqa: PLC0415
+
+    times = compare_latency({"explicit": explicit, "sdpa": fused}, inputs, rounds=rounds, warmup=1)
+    with torch.inference_mode():
+        difference = (explicit(*inputs) - fused(*inputs)).abs().max().item()
+    return {"explicit_peak": peak_memory_bytes(explicit, *inputs), "sdpa_peak": peak_memory_bytes(fused, *inputs),
+            "explicit": times["explicit"], "sdpa": times["sdpa"], "max_difference": difference}
+
+
 def _attention(progress: bool) -> dict:
     """MiniLM at growing lengths: peak inference memory, latency and agreement of explicit vs fused attention."""
     from . import minilm  # noqa: PLC0415
-    from .measure import compare_latency, peak_memory_bytes  # noqa: PLC0415
 
     model = minilm.with_copied_positions(minilm.load_minilm(), max(ATTENTION_LENGTHS))
     explicit = minilm.use_fused_attention(copy.deepcopy(model), False)
     fused = minilm.use_fused_attention(model, True)
     rows = {}
     for length in tqdm(ATTENTION_LENGTHS, desc="sequence lengths", disable=not progress):
-        inputs = attention_inputs(length)
-        times = compare_latency({"explicit": explicit, "sdpa": fused}, inputs, rounds=5, warmup=1)
-        with torch.inference_mode():
-            difference = (explicit(*inputs) - fused(*inputs)).abs().max().item()
-        rows[str(length)] = {"explicit_peak": peak_memory_bytes(explicit, *inputs),
-                             "sdpa_peak": peak_memory_bytes(fused, *inputs),
-                             "explicit_ms": round(times["explicit"].median_ms, 2),
-                             "sdpa_ms": round(times["sdpa"].median_ms, 2), "max_difference": difference}
+        compared = compare_attention(explicit, fused, attention_inputs(length), rounds=5)
+        rows[str(length)] = {"explicit_peak": compared["explicit_peak"], "sdpa_peak": compared["sdpa_peak"],
+                             "explicit_ms": round(compared["explicit"].median_ms, 2),
+                             "sdpa_ms": round(compared["sdpa"].median_ms, 2),
+                             "max_difference": compared["max_difference"]}
     return {"batch_size": 1, "heads": model.cfg.heads, "lengths": rows}
 
 
