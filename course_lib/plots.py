@@ -125,3 +125,34 @@ def profile_bars(layers: Sequence, title: str = "") -> plt.Figure:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def pareto_plot(ax: plt.Axes, rows: Sequence[dict], x_key: str, log_x: bool = True, title: str = "") -> None:
+    """Benchmark rows (see :mod:`course_lib.tradeoffs`) as grey markers of metric against ``x_key`` ("latency_ms"
+    or "size_bytes", drawn in kB), and their Pareto front as a coloured step line with "model variant" labels."""
+    from course_lib.tradeoffs import check_rows, pareto_front  # noqa: PLC0415 (plots import the lessons lazily)
+
+    axis_labels = {"latency_ms": "latency per call (ms)", "size_bytes": "file size (kB)"}
+    if x_key not in axis_labels:
+        raise ValueError(f"unknown x_key {x_key!r}: choose one of {', '.join(axis_labels)}")
+    if not rows:
+        raise ValueError("no rows to plot: load them with course_lib.tradeoffs.load_rows(PATH)")
+    check_rows(rows)
+    scale = 1e-3 if x_key == "size_bytes" else 1.0
+    costs = [row[x_key] * scale for row in rows]
+    metrics = [row["metric"] for row in rows]
+    ax.scatter(costs, metrics, color="0.65", s=18, label="all variants", zorder=2)
+    front = pareto_front(list(zip(metrics, costs)))
+    ax.step([costs[i] for i in front], [metrics[i] for i in front], where="post", color=PALETTE[0], lw=1.5,
+            marker="o", markersize=5, label="Pareto front (nothing is both better and cheaper)", zorder=3)
+    for i in front:
+        ax.annotate(f"{rows[i]['model']} {rows[i]['variant']}", (costs[i], metrics[i]), textcoords="offset points",
+                    xytext=(4, -10), fontsize=7, color=PALETTE[0])
+    if log_x:
+        ax.set_xscale("log")
+    metric_names = sorted({row["metric_name"] for row in rows})
+    ax.set_xlabel(axis_labels[x_key] + (", log scale" if log_x else ""))
+    ax.set_ylabel(metric_names[0] if len(metric_names) == 1 else f"metric ({', '.join(metric_names)})")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)

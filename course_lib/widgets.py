@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -505,3 +506,94 @@ def memory_explorer(results: dict) -> widgets.VBox:
         control.observe(update, names="value")
     update()
     return widgets.VBox([widgets.HBox([batch, segments]), dtype, text, plot])
+
+
+def _one_two_five(low: float, high: float) -> list[float]:
+    """The values 1, 2, 5 x 10^k from the largest one <= ``low`` to the smallest one >= ``high``."""
+    values = []
+    for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        values += [float(f"{mantissa}e{exponent}") for mantissa in (1, 2, 5)]
+    first = max(i for i, v in enumerate(values) if v <= low)
+    last = min(i for i, v in enumerate(values) if v >= high)
+    return values[first:last + 1]
+
+
+BUDGET_BATCH_SIZE = 64  # most benchmark rows are measured at batch 64: latencies compare only at one batch size
+
+
+def _accuracy_rows(rows: list[dict], batch_size: int) -> list[dict]:
+    """The rows of Fashion-MNIST models (metric "accuracy") measured at ``batch_size``."""
+    from course_lib.tradeoffs import check_rows  # noqa: PLC0415
+
+    check_rows(rows)
+    accuracy_rows = [row for row in rows if row["metric_name"] == "accuracy"]
+    chosen = [row for row in accuracy_rows if row["batch_size"] == batch_size]
+    if not chosen:
+        batches = sorted({row["batch_size"] for row in accuracy_rows})
+        raise ValueError(f"no accuracy rows at batch {batch_size} (accuracy rows exist at batches {batches}): pass "
+                         "one of those, or remake the rows with `python -m course_lib.bench all --json > PATH`")
+    return chosen
+
+
+def summarize_budget(rows: list[dict], latency_ms: float, size_kb: float, loss_points: float,
+                     batch_size: int = BUDGET_BATCH_SIZE) -> dict:
+    """The Fashion-MNIST benchmark rows (metric "accuracy") at ``batch_size`` that meet a budget of latency (ms),
+    file size (kB) and accuracy loss (points below each model's baseline), the fastest of them or the closest miss
+    (see :func:`course_lib.tradeoffs.choose`; indices into the returned ``rows``), and the message to show."""
+    from course_lib.tradeoffs import Budget, choose  # noqa: PLC0415
+
+    chosen = _accuracy_rows(rows, batch_size)
+    budget = Budget(max_latency_ms=latency_ms, max_size_bytes=round(size_kb * 1e3), max_metric_loss=loss_points / 100)
+    choice = choose(chosen, budget)
+    scope = (f"Fashion-MNIST models only (metric: accuracy), batch {batch_size}: {len(chosen)} of {len(rows)} rows; "
+             "other metrics (e.g. MiniLM's correlation) and batch sizes are left out.")
+    return {"rows": chosen, "budget": budget, "feasible": choice.feasible, "best": choice.best,
+            "closest": choice.closest, "message": f"{choice.message}\n{scope}"}
+
+
+def draw_budget(fig: plt.Figure, summary: dict) -> None:
+    """The rows of a :func:`summarize_budget` result on an accuracy x latency plot: the Pareto front, the rows
+    meeting the budget highlighted, the best (or, if none meets it, the closest) ringed, the latency limit dashed."""
+    from course_lib.plots import pareto_plot  # noqa: PLC0415
+
+    rows = summary["rows"]
+    fig.clear()
+    ax = fig.add_subplot()
+    pareto_plot(ax, rows, "latency_ms", title="Which variants meet the budget?")
+    feasible = summary["feasible"]
+    ax.scatter([rows[i]["latency_ms"] for i in feasible], [rows[i]["metric"] for i in feasible], color=PALETTE[2],
+               s=40, zorder=4, label="meets the budget")
+    ringed, label = (summary["best"], "the fastest of them") if feasible else (summary["closest"], "the closest miss")
+    ax.scatter([rows[ringed]["latency_ms"]], [rows[ringed]["metric"]], s=160, facecolors="none", linewidths=2,
+               edgecolors=PALETTE[2] if feasible else PALETTE[3], zorder=5, label=label)
+    ax.axvline(summary["budget"].max_latency_ms, color=PALETTE[3], ls="--", lw=1, label="latency budget")
+    ax.set_ylabel("test accuracy")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+
+
+def budget_explorer(rows: list[dict]) -> widgets.VBox:
+    """Sliders for a latency budget (ms), a size budget (kB) and an accuracy-loss budget (points): the Fashion-MNIST
+    benchmark rows at :data:`BUDGET_BATCH_SIZE` that meet it, and the fastest of them (or the closest miss), named."""
+    shown = _accuracy_rows(rows, BUDGET_BATCH_SIZE)
+    latencies = sorted(row["latency_ms"] for row in shown)
+    latency_options = _one_two_five(latencies[0], latencies[-1])
+    sizes = _one_two_five(min(row["size_bytes"] for row in shown) / 1e3, max(row["size_bytes"] for row in shown) / 1e3)
+    latency = widgets.SelectionSlider(options=latency_options, description="latency (ms)", continuous_update=False,
+                                      value=min(latency_options, key=lambda v: abs(v - latencies[len(latencies) // 2])))
+    size = widgets.SelectionSlider(options=sizes, value=sizes[-1], description="size (kB)", continuous_update=False)
+    loss = widgets.FloatSlider(value=1.0, min=0.0, max=5.0, step=0.1, description="loss (points)",
+                               continuous_update=False)
+    text = widgets.HTML()
+    plot, fig = _figure_output((7.5, 4.0))
+
+    def update(change: dict | None = None) -> None:
+        summary = summarize_budget(rows, latency.value, size.value, loss.value)
+        draw_budget(fig, summary)
+        text.value = f"<pre>{html.escape(summary['message'])}</pre>"
+        _show(plot, fig)
+
+    for control in (latency, size, loss):
+        control.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([latency, size, loss]), text, plot])
