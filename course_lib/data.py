@@ -59,6 +59,18 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def record_checksum(name: str) -> str:
+    """Record the SHA-256 of ``data/<name>`` (a file this project just wrote) in ``data/SHA256SUMS``, atomically;
+    return the digest."""
+    from course_lib.io import atomic_path  # noqa: PLC0415
+
+    digest = sha256_of(DATA_DIR / name)
+    manifest = read_manifest(DATA_MANIFEST) | {name: digest}
+    with atomic_path(DATA_MANIFEST) as tmp:
+        tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(manifest.items())))
+    return digest
+
+
 def read_manifest(manifest: Path) -> dict[str, str]:
     """Parse a ``sha256sum``-style manifest into ``{relative path: sha256}``."""
     entries = {}

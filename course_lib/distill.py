@@ -21,12 +21,14 @@ from course_lib.runtime import seed_everything
 from course_lib.train import train
 
 
-def _check_temperature(temperature: float) -> None:
+def check_temperature(temperature: float) -> None:
+    """Raise a clear error unless the distillation temperature is positive."""
     if not temperature > 0:
         raise ValueError(f"temperature must be positive (T = 1 is the plain softmax), got {temperature}")
 
 
-def _check_alpha(alpha: float) -> None:
+def check_alpha(alpha: float) -> None:
+    """Raise a clear error unless the teacher's weight alpha is in [0, 1]."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (the weight of the teacher's term), got {alpha}")
 
@@ -34,7 +36,7 @@ def _check_alpha(alpha: float) -> None:
 def soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """The softmax of ``logits / temperature`` over the last dimension: T > 1 flattens the distribution and
     lifts the small probabilities (the "dark knowledge"), T = 1 is the plain softmax."""
-    _check_temperature(temperature)
+    check_temperature(temperature)
     return F.softmax(logits / temperature, dim=-1)
 
 
@@ -46,8 +48,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     the student's (the teacher is the target). The T² factor keeps the soft term's gradients the same size as T
     changes (they shrink as 1/T² otherwise). Averaged over the batch.
     """
-    _check_temperature(temperature)
-    _check_alpha(alpha)
+    check_temperature(temperature)
+    check_alpha(alpha)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student and teacher outputs differ in shape: {tuple(student_logits.shape)} vs "
                          f"{tuple(teacher_logits.shape)}; both must be [batch, classes] over the same classes")
@@ -65,8 +67,8 @@ LossFn = Callable[..., torch.Tensor]
 def distillation_loss(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.9) -> LossFn:
     """A ``loss_fn(model, images, labels)`` for :func:`course_lib.train.train` that runs a frozen teacher (in eval
     mode) on every batch and applies :func:`kd_loss`."""
-    _check_temperature(temperature)
-    _check_alpha(alpha)
+    check_temperature(temperature)
+    check_alpha(alpha)
     teacher.eval().requires_grad_(False)
 
     def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -80,8 +82,8 @@ def distillation_loss(teacher: nn.Module, temperature: float = 4.0, alpha: float
 def cached_distillation_loss(temperature: float = 4.0, alpha: float = 0.9) -> LossFn:
     """A ``loss_fn(model, images, labels, teacher_logits)`` for ``train(..., targets=teacher_logits)``: the
     teacher's logits were computed once (:func:`teacher_logits`) instead of on every batch of every epoch."""
-    _check_temperature(temperature)
-    _check_alpha(alpha)
+    check_temperature(temperature)
+    check_alpha(alpha)
 
     def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -173,8 +175,8 @@ def attention_transfer_loss(layer: str, beta: float = 1000.0, temperature: float
     if beta < 0:
         raise ValueError(f"beta must be >= 0 (the weight of the attention term), got {beta}")
     if temperature is not None:
-        _check_temperature(temperature)
-        _check_alpha(alpha)
+        check_temperature(temperature)
+        check_alpha(alpha)
 
     def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
                 ) -> torch.Tensor:

@@ -181,9 +181,12 @@ def load_reference(name: str, device: torch.device | str = "cpu") -> nn.Module:
 
 
 def reference_info(name: str) -> dict:
-    """Training record of a reference checkpoint (epochs, recipe, test accuracy, train time)."""
-    _check_name(name)
-    return json.loads((DATA_DIR / "checkpoints" / "reference.json").read_text())[name]
+    """Training record of a checkpoint trained by ``course_lib.train_reference`` (epochs, recipe, accuracy or
+    PR-AUC, train time): the models of this module, MiniLM's student and the fraud scorers."""
+    records = json.loads((DATA_DIR / "checkpoints" / "reference.json").read_text())
+    if name not in records:
+        raise ValueError(f"no training record for {name!r}: choose one of {sorted(records)}")
+    return records[name]
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:

@@ -22,6 +22,8 @@ def test_unknown_model_name_lists_the_known_ones():
         build_model("resnet")
     with pytest.raises(ValueError, match="unknown model"):
         checkpoint_name("vgg16")
+    with pytest.raises(ValueError, match=r"no training record for 'vgg16'.*fraud_mlp"):
+        reference_info("vgg16")
 
 
 def test_course_cnn_is_a_flat_conv_bn_relu_chain():
