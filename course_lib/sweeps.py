@@ -793,9 +793,16 @@ def memory(progress: bool = True) -> dict:
             "sharing": _parameter_sharing(progress), "attention": _attention(progress)}
 
 
+def pipeline(progress: bool = True) -> dict:
+    """The course CNN's hybrid pipeline: recipe chosen on validation, checkpoint shipped (see course_lib.pipeline)."""
+    from .pipeline import sweep  # noqa: PLC0415
+
+    return sweep(progress)
+
+
 SWEEPS: dict[str, Callable[..., dict]] = {"quantization": quantization, "pruning": pruning, "sharing": sharing,
                                           "distillation": distillation, "decomposition": decomposition,
-                                          "memory": memory}
+                                          "memory": memory, "pipeline": pipeline}
 
 
 def results_path(name: str) -> Path:
