@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course_lib.measure import latency_stats
-from course_lib.serving import (RealtimeResult, ServiceTime, latency_curve, max_rate_at_p99, p99, percentile,
-                                poisson_arrivals, run_realtime, simulate)
+from course_lib.serving import (RealtimeResult, ServiceTime, capacity, latency_curve, max_rate_at_p99, p99,
+                                percentile, poisson_arrivals, run_realtime, simulate)
 
 SERVICE = ServiceTime((1, 8, 32), (0.002, 0.004, 0.010))  # 2 ms alone, 4 ms for 8: capacity 2000 per second
 
@@ -88,6 +88,9 @@ def test_service_time_from_latency_stats_converts_milliseconds():
     assert service == ServiceTime((1, 8), (0.002, 0.004))
     with pytest.raises(ValueError, match="no median_ms"):
         ServiceTime.from_latency({1: 2.0, 8: 4.0})
+    slow_calls = ServiceTime.from_latency({1: latency_stats([2.0] * 9 + [3.0]), 8: latency_stats([4.0] * 9 + [9.0])},
+                                          "p90_ms")
+    assert slow_calls(1) > 0.002 and slow_calls(8) > 0.004
 
 
 def test_simulate_without_batching_at_low_rate_is_the_service_time():
@@ -179,9 +182,13 @@ def test_max_rate_at_p99_rejects_budgets_it_cannot_meet(budget, max_wait_s, prob
         max_rate_at_p99(SERVICE, budget, max_batch=8, max_wait_s=max_wait_s, requests=1000)
 
 
-def test_max_rate_at_p99_says_when_the_simulation_is_too_short_to_overload():
-    with pytest.raises(ValueError, match="simulate more requests"):
-        max_rate_at_p99(SERVICE, 10.0, max_batch=8, max_wait_s=0.0, requests=1000)
+def test_max_rate_at_p99_stays_below_the_capacity_however_short_the_run():
+    """A budget long against the run: 1,000 arrivals above the capacity would still finish within it."""
+    most = capacity(SERVICE, 8)
+    assert most == pytest.approx(2000.0)  # 8 requests per 4 ms
+    rate = max_rate_at_p99(SERVICE, 0.5, max_batch=8, max_wait_s=0.0, requests=1000)
+    assert 0.9 * most < rate < most
+    assert p99(simulate(poisson_arrivals(1.3 * most, 1000), SERVICE, 8, 0.0)) < 0.5  # what fooled a short run
 
 
 def test_latency_curve_rises_with_the_rate():
