@@ -83,6 +83,13 @@ class Row:
     baseline_parameters: int | None = None
     macs: int | None = None
     baseline_macs: int | None = None
+    fp32_compiled_latency_ms: float | None = None  # pipeline: fp32 compiled, timed in the same alternating rounds
+    recall_at_fpr: float | None = None  # fraud: recall at 0.1% false-positive rate (test split)
+    baseline_recall_at_fpr: float | None = None
+    max_rate_at_p99: int | None = None  # fraud: highest Poisson arrival rate (per second) within the p99 budget
+    baseline_max_rate_at_p99: int | None = None
+    p99_budget_ms: float | None = None
+    runtime: str | None = None  # fraud: how the model is served ("precision / runtime", the fastest found)
 
 
 def make_row(rt: Runtime, topic: str, model: str, variant: str, batch_size: int, metric_name: str,
@@ -632,10 +639,115 @@ def memory(rt: Runtime, with_minilm: bool = True) -> list[Row]:
         return rows + (_attention_rows(rt, Path(folder)) if with_minilm else [])
 
 
+PIPELINE_ROUNDS = {1: 40, 64: 15}
+
+
+def _pipeline_cnn_rows(rt: Runtime, folder: Path) -> list[Row]:
+    """The course CNN's pipeline (filters removed and recovered by distillation: the checkpoint of ``python -m
+    course_lib.sweeps pipeline``; then PT2E int8, written, reloaded, compiled) against fp32 eager, with fp32 compiled
+    in the same alternating rounds (batch 64); and the reference model's int8 in the course's path (PT2E) and in
+    ONNX Runtime (its own static int8), at batch 1 and 64, in the same rounds as fp32 eager and compiled; at batch 1
+    also the same PT2E int8 graph as an AOTInductor package (compiled ahead of time for batch 1: no Python-side
+    guards or wrapping around the kernels)."""
+    from course_lib import deploy  # noqa: PLC0415 (only this topic needs ONNX Runtime)
+    from course_lib.pipeline import load_pipeline_model  # noqa: PLC0415
+
+    fp32, fp32_size = _write_and_reload(load_reference("course_cnn"), lambda: build_model("course_cnn"), folder,
+                                        "course_cnn", rt.device)
+    calibration = load_fashion_mnist("train").images[:CALIBRATION_IMAGES]
+    test = load_fashion_mnist("test")
+    sizes = {"pipeline": save_int8(quantize_static(load_pipeline_model(), calibration), calibration,
+                                   folder / "pipeline.pt2"),
+             "pt2e-int8": save_int8(quantize_static(fp32, calibration), calibration, folder / "int8.pt2")}
+    deploy.export_onnx(fp32, (test.images[:1],), folder / "course_cnn.onnx", ("images",))
+    sizes["onnxruntime-int8"] = deploy.quantize_onnx_static(
+        folder / "course_cnn.onnx", folder / "course_cnn-int8.onnx",
+        [{"images": calibration[i:i + 64].numpy()} for i in range(0, len(calibration), 64)])
+    models = {"fp32": fp32, "fp32-compiled": compile_for_cpu(fp32),
+              "pipeline": compile_for_cpu(load_int8(folder / "pipeline.pt2")),
+              "pt2e-int8": compile_for_cpu(load_int8(folder / "int8.pt2")),
+              "onnxruntime-int8": deploy.OrtModel(folder / "course_cnn-int8.onnx", rt.threads)}
+    accuracy = {name: evaluate(model, test, batch_size=64, device="cpu", fixed_batch=True)
+                for name, model in models.items() if name != "fp32-compiled"}  # compiling changes no prediction
+    aoti = deploy.aoti_package(quantize_static(fp32, calibration), (test.images[:1],), folder / "int8-b1.pt2")
+    sizes["pt2e-int8-aoti"] = (folder / "int8-b1.pt2").stat().st_size
+    accuracy["pt2e-int8-aoti"] = evaluate(aoti, test, batch_size=1, device="cpu")
+    rows = []
+    for batch in (64, 1):
+        timed = models if batch > 1 else {**models, "pt2e-int8-aoti": aoti}  # the package serves batch 1 only
+        latency = compare_latency(timed, (test.images[:batch],), rounds=PIPELINE_ROUNDS[batch], warmup=3)
+        for variant in [name for name in timed if name not in ("fp32", "fp32-compiled")]:
+            row = make_row(rt, "pipeline", "course_cnn", variant, batch, "accuracy", accuracy[variant],
+                           accuracy["fp32"], sizes[variant], fp32_size, latency[variant], latency["fp32"])
+            rows.append(dataclasses.replace(row, fp32_compiled_latency_ms=round(latency["fp32-compiled"].median_ms, 3)))
+    return rows
+
+
+def _fraud_rows(rt: Runtime, folder: Path) -> list[Row]:
+    """The fraud case study (SYNTHETIC transactions): the fp32 teacher and the compressed student, each served by
+    whichever runtime sustains the higher arrival rate within the p99 budget in a first screening, then both timed
+    again in fresh alternating rounds; PR-AUC and recall at 0.1% FPR on the test split, file bytes (against the fp32
+    scorer's safetensors file), batch-1 latency, and the simulated maximum rates."""
+    from course_lib import case_study as C  # noqa: PLC0415
+    from course_lib.fraud import case_study_data  # noqa: PLC0415
+
+    test = case_study_data().test
+    served = C.build_served(folder, test)
+    screening = C.max_rates(C.service_times(served, test, rounds=7))
+    best = {model: max((n for n in served if served[n].model == model), key=screening.get)
+            for model in ("fraud_mlp", "fraud_mlp_student")}
+    chosen_pair = {name: served[name] for name in best.values()}
+    times = C.service_times(chosen_pair, test)  # fresh rounds: the winners' figures are not the screening's maxima
+    rates = C.max_rates(times)
+    fp32, small = served[best["fraud_mlp"]], served[best["fraud_mlp_student"]]
+    baseline_size = served["fp32 / PyTorch"].size_bytes  # the fp32 scorer's own file, whichever runtime serves it
+    rows = []
+    for variant, chosen in (("fp32", fp32), ("compressed", small)):
+        row = make_row(rt, "pipeline", "fraud_mlp", variant, 1, "pr_auc", chosen.pr_auc, fp32.pr_auc,
+                       chosen.size_bytes, baseline_size, times[chosen.name][1], times[fp32.name][1])
+        rows.append(dataclasses.replace(
+            row, recall_at_fpr=round(chosen.recall_at_fpr, 4), baseline_recall_at_fpr=round(fp32.recall_at_fpr, 4),
+            max_rate_at_p99=round(rates[chosen.name]), baseline_max_rate_at_p99=round(rates[fp32.name]),
+            p99_budget_ms=C.P99_BUDGET_MS, runtime=chosen.name))
+    return rows
+
+
+def _pipeline_gpu_row(rt: Runtime, folder: Path) -> Row:
+    """On a GPU the CPU int8 kernels do not run: the pipeline's pruned model in fp16 (compiled) against the fp32
+    reference, eager and compiled, at batch 64."""
+    from course_lib.pipeline import load_pipeline_model  # noqa: PLC0415
+
+    fp32, fp32_size = _write_and_reload(load_reference("course_cnn"), lambda: build_model("course_cnn"), folder,
+                                        "course_cnn", rt.device)
+    small = load_pipeline_model().half()
+    size = save_state_dict(small, folder / "pipeline-fp16.safetensors")
+    small = small.to(rt.device)
+    test = load_fashion_mnist("test")
+    half = Dataset(test.images.half(), test.labels)
+    x = test.images[:64].to(rt.device)
+    fp16_model = torch.compile(small)
+    latency = compare_latency({"fp32": fp32, "fp32-compiled": torch.compile(fp32),
+                               "pipeline-fp16": lambda images: fp16_model(images.half())}, (x,), rounds=30)
+    row = make_row(rt, "pipeline", "course_cnn", "pipeline-fp16", 64, "accuracy",
+                   evaluate(small, half, device=rt.device), evaluate(fp32, test, device=rt.device), size, fp32_size,
+                   latency["pipeline-fp16"], latency["fp32"])
+    return dataclasses.replace(row, fp32_compiled_latency_ms=round(latency["fp32-compiled"].median_ms, 3))
+
+
+def pipeline(rt: Runtime) -> list[Row]:
+    """The course CNN's hybrid pipeline and the deployment runtimes (CPU), and the fraud case study; on a GPU the
+    pipeline's pruned model in fp16 (the int8 kernels and ONNX Runtime's CPU provider are CPU-only)."""
+    with tempfile.TemporaryDirectory() as folder:
+        if rt.device.type == "cuda":
+            return [_pipeline_gpu_row(rt, Path(folder))]
+        return _pipeline_cnn_rows(rt, Path(folder)) + _fraud_rows(rt, Path(folder))
+
+
 IMPLEMENTED: dict[str, Callable[[Runtime], list[Row]]] = {"baseline": baseline, "dataflow": dataflow,
                                                          "quantization": quantization, "pruning": pruning,
                                                          "sharing": sharing, "distillation": distillation,
-                                                         "decomposition": decomposition, "memory": memory}
+                                                         "decomposition": decomposition, "memory": memory,
+                                                         "pipeline": pipeline}
 
 
 def format_table(rows: list[Row]) -> str:

@@ -176,3 +176,25 @@ def test_memory_rows_measure_training_and_inference_peaks():
     assert deep.baseline_peak_memory_bytes >= 2 * deep.peak_memory_bytes
     assert ds.baseline_parameters >= 5 * ds.parameters and ds.baseline_macs > 3 * ds.macs
     assert ds.metric > ds.baseline_metric - 0.015 and ds.compression > 5
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")
+def test_pipeline_rows_cover_the_course_cnn_runtimes_and_the_fraud_scorers():
+    rows = bench.pipeline(setup())
+    keys = [(r.model, r.variant, r.batch_size) for r in rows]
+    assert keys == [("course_cnn", "pipeline", 64), ("course_cnn", "pt2e-int8", 64),
+                    ("course_cnn", "onnxruntime-int8", 64), ("course_cnn", "pipeline", 1), ("course_cnn", "pt2e-int8", 1),
+                    ("course_cnn", "onnxruntime-int8", 1), ("course_cnn", "pt2e-int8-aoti", 1),
+                    ("fraud_mlp", "fp32", 1), ("fraud_mlp", "compressed", 1)]
+    pipeline_row = rows[0]
+    assert pipeline_row.compression >= 10 and pipeline_row.metric > pipeline_row.baseline_metric - 0.015
+    assert all(r.fp32_compiled_latency_ms > 0 for r in rows[:7])
+    for r in rows[1:6]:
+        assert r.metric > r.baseline_metric - 0.015 and r.compression > 3.5
+    aoti, pt2e = rows[6], rows[4]
+    assert aoti.metric == pytest.approx(pt2e.metric, abs=0.002)  # the same int8 graph, compiled ahead of time
+    fp32, compressed = rows[7:]
+    assert fp32.metric_name == compressed.metric_name == "pr_auc" and fp32.p99_budget_ms == 10.0
+    assert compressed.compression >= 4 and compressed.metric > fp32.metric - 0.02
+    assert compressed.baseline_max_rate_at_p99 == fp32.max_rate_at_p99 > 0
+    assert 0 < compressed.recall_at_fpr <= 1 and compressed.runtime
