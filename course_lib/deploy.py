@@ -110,7 +110,24 @@ def quantize_onnx_dynamic(fp32_path: str | os.PathLike, int8_path: str | os.Path
     return int8_path.stat().st_size
 
 
-class OrtModel:
+class InferenceOnly:
+    """Called like a PyTorch model in eval mode, which is the only mode it has: ``course_lib.train.evaluate`` and
+    ``compare_latency`` can use it like a module."""
+
+    training = False
+
+    def train(self, mode: bool = True) -> InferenceOnly:
+        """Like ``nn.Module.train``: only ``mode=False`` is possible."""
+        if mode:
+            raise NotImplementedError(f"a {type(self).__name__} only infers: it cannot be trained")
+        return self
+
+    def eval(self) -> InferenceOnly:
+        """Like ``nn.Module.eval``: always in inference mode already."""
+        return self
+
+
+class OrtModel(InferenceOnly):
     """An ONNX Runtime session called like a PyTorch model: tensors in, a tensor out (CPU, fixed threads, no
     spinning)."""
 
@@ -132,23 +149,9 @@ class OrtModel:
         feed = {name: x.detach().cpu().numpy() for name, x in zip(self.input_names, inputs)}
         return torch.from_numpy(self.session.run(None, feed)[0])
 
-    training = False  # a session only infers: course_lib.train.evaluate can call it like a module in eval mode
 
-    def train(self, mode: bool = True) -> OrtModel:
-        """Like ``nn.Module.train``: only ``mode=False`` is possible."""
-        if mode:
-            raise NotImplementedError("an ONNX Runtime session cannot be trained")
-        return self
-
-    def eval(self) -> OrtModel:
-        """Like ``nn.Module.eval``: a session is always in inference mode."""
-        return self
-
-
-class AotiModel:
-    """A loaded AOTInductor package called like a PyTorch model in eval mode (it has no other mode)."""
-
-    training = False  # course_lib.train.evaluate can call it like a module in eval mode
+class AotiModel(InferenceOnly):
+    """A loaded AOTInductor package called like a PyTorch model."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.package = torch._inductor.aoti_load_package(str(path))
@@ -156,16 +159,6 @@ class AotiModel:
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Run the compiled package; the inputs must have the shapes it was compiled for."""
         return self.package(*inputs)
-
-    def train(self, mode: bool = True) -> AotiModel:
-        """Like ``nn.Module.train``: only ``mode=False`` is possible."""
-        if mode:
-            raise NotImplementedError("an AOTInductor package cannot be trained")
-        return self
-
-    def eval(self) -> AotiModel:
-        """Like ``nn.Module.eval``: a package is always in inference mode."""
-        return self
 
 
 def aoti_package(model: nn.Module, example: Sequence[torch.Tensor], path: str | os.PathLike) -> AotiModel:
