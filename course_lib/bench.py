@@ -669,7 +669,7 @@ def _pipeline_cnn_rows(rt: Runtime, folder: Path) -> list[Row]:
               "onnxruntime-int8": deploy.OrtModel(folder / "course_cnn-int8.onnx", rt.threads)}
     accuracy = {name: evaluate(model, test, batch_size=64, device="cpu", fixed_batch=True)
                 for name, model in models.items() if name != "fp32-compiled"}  # compiling changes no prediction
-    aoti = deploy.aoti_package(quantize_static(fp32, calibration), (test.images[:1],), folder / "int8-b1.pt2")
+    aoti = deploy.aoti_package(load_int8(folder / "int8.pt2"), (test.images[:1],), folder / "int8-b1.pt2")
     sizes["pt2e-int8-aoti"] = (folder / "int8-b1.pt2").stat().st_size
     accuracy["pt2e-int8-aoti"] = evaluate(aoti, test, batch_size=1, device="cpu")
     rows = []
