@@ -30,6 +30,7 @@ _EXERCISE_LINE = re.compile(r"^# (Exercise \d+\.\d+): (.+)$")
 # A sentence of markdown: from a capital letter (after a space, a bracket or the start) to its full stop, within
 # one paragraph, list item or heading; a full stop inside a word ("N.M", "0.5", ".ipynb") does not end it.
 _SENTENCE = re.compile(r"(?<![^\s(])[*_]*[A-Z](?:[^.!?\n]|\.(?=\w)|\n(?![ \t]*(?:[-*+#|>\n]|\d+\.)))*[.!?]")
+_CHECKER_CALL = re.compile(r"(?:^|[\s.(=])check_\w+\(", re.M)
 _SOLUTION, _HIDDEN = re.compile(r"\bsolutions?\b", re.I), re.compile(r"\b(?:collapsed|hidden)\b", re.I)
 
 
@@ -114,6 +115,53 @@ def make_student_copy(notebook: nbformat.NotebookNode, solved_name: str) -> nbfo
     return student
 
 
+NBGRADER_SCHEMA_VERSION = 3  # the cell metadata that nbgrader 0.9 writes; later releases upgrade it on reading
+
+
+def nbgrader_id(exercise: str, role: str = "") -> str:
+    """nbgrader's ``grade_id`` for an exercise's cell ("Exercise 2.3" -> ``exercise_2_3``, plus ``_check``)."""
+    base = "exercise_" + exercise.removeprefix("Exercise ").replace(".", "_")
+    return f"{base}_{role}" if role else base
+
+
+def exercise_cells(notebook: nbformat.NotebookNode) -> dict[str, int]:
+    """``{"N.M": index}`` of every code cell whose first line is ``# Exercise N.M: <task>`` (solved or student)."""
+    cells: dict[str, int] = {}
+    for index, cell in enumerate(notebook.cells):
+        match = _EXERCISE_LINE.match(cell.source.split("\n")[0]) if cell.cell_type == "code" else None
+        if match:
+            cells.setdefault(match.group(1).removeprefix("Exercise "), index)
+    return cells
+
+
+def checker_cell_index(notebook: nbformat.NotebookNode, exercise_index: int) -> int | None:
+    """The first code cell after an exercise cell that calls a checker (``check_...(``), before the next exercise."""
+    for index in range(exercise_index + 1, len(notebook.cells)):
+        cell = notebook.cells[index]
+        if cell.cell_type == "code" and _EXERCISE_LINE.match(cell.source.split("\n")[0]):
+            return None
+        if cell.cell_type == "code" and _CHECKER_CALL.search(cell.source):
+            return index
+    return None
+
+
+def mark_for_nbgrader(notebook: nbformat.NotebookNode, points: float = 1) -> None:
+    """Give every exercise's solution cell and checker cell nbgrader's cell metadata (schema version 3): the
+    solution cell is an editable answer cell, the checker an autograded, locked test cell worth ``points``."""
+    for index, cell in enumerate(notebook.cells):
+        if not is_solution_cell(cell):
+            continue
+        exercise, _ = exercise_of(cell)
+        checker = checker_cell_index(notebook, index)
+        if checker is None:
+            raise NotebookFormatError(f"no checker cell (calling check_...) follows {exercise}'s solution cell")
+        cell.metadata["nbgrader"] = {"grade": False, "grade_id": nbgrader_id(exercise), "locked": False,
+                                     "schema_version": NBGRADER_SCHEMA_VERSION, "solution": True, "task": False}
+        notebook.cells[checker].metadata["nbgrader"] = {
+            "grade": True, "grade_id": nbgrader_id(exercise, "check"), "locked": True, "points": points,
+            "schema_version": NBGRADER_SCHEMA_VERSION, "solution": False, "task": False}
+
+
 def student_path(solved: Path) -> Path:
     """Where the student copy of a solved notebook lives."""
     return STUDENT_DIR / solved.name
@@ -127,11 +175,17 @@ def write_notebook(notebook: nbformat.NotebookNode, path: Path) -> None:
 
 
 def write_student_copies() -> list[Path]:
-    """Regenerate every student copy from its solved notebook."""
+    """Regenerate every student copy from its solved notebook, after bringing the solved notebook's nbgrader
+    metadata up to date (in place, only if it changed)."""
     written = []
     for solved in solved_notebooks():
+        notebook = nbformat.read(str(solved), as_version=4)
+        before = copy.deepcopy(notebook)
+        mark_for_nbgrader(notebook)
+        if notebook != before:
+            write_notebook(notebook, solved)
         target = student_path(solved)
-        write_notebook(make_student_copy(nbformat.read(str(solved), as_version=4), solved.name), target)
+        write_notebook(make_student_copy(notebook, solved.name), target)
         written.append(target)
     return written
 
@@ -151,6 +205,7 @@ def execute(path: Path, timeout: int = 900) -> None:
     NotebookClient(notebook, timeout=timeout, kernel_name=KERNEL_NAME,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     hide_solutions(notebook)
+    mark_for_nbgrader(notebook)
     write_notebook(notebook, path)
 
 

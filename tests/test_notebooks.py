@@ -3,6 +3,7 @@
 Strict nbval of the solved notebooks themselves runs from pytest's configuration (see pyproject.toml).
 """
 
+import copy
 import re
 
 import nbformat
@@ -10,8 +11,9 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from course_lib.notebooks import (KERNEL_NAME, NotebookFormatError, exercise_of, is_solution_cell, make_student_copy,
-                                  point_to_solved_notebook, solved_notebooks, strip_solution, student_path)
+from course_lib.notebooks import (KERNEL_NAME, NotebookFormatError, checker_cell_index, exercise_cells, exercise_of,
+                                  is_solution_cell, make_student_copy, mark_for_nbgrader, point_to_solved_notebook,
+                                  solved_notebooks, strip_solution, student_path)
 
 SOLVED = solved_notebooks()
 
@@ -159,3 +161,51 @@ def test_no_cell_relies_on_a_trailing_semicolon(solved):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.source.rstrip().endswith(";"), cell.source
+
+
+# nbgrader's documented cell metadata (schema version 3, read and upgraded by later releases): required keys, types,
+# a grade_id of [a-zA-Z0-9_-] unique in the notebook, points on graded cells only, code cells for code answers.
+NBGRADER_KEYS = {"schema_version": int, "grade": bool, "locked": bool, "solution": bool, "task": bool,
+                 "grade_id": str, "points": (int, float)}
+
+
+def _nbgrader_cells(nb):
+    return [(i, c) for i, c in enumerate(nb.cells) if "nbgrader" in c.metadata]
+
+
+@pytest.mark.parametrize("copy", ["solved", "student"])
+def test_exercise_cells_carry_valid_nbgrader_metadata(solved, copy):
+    path, nb = solved
+    nb = nb if copy == "solved" else nbformat.read(str(student_path(path)), as_version=4)
+    marked = _nbgrader_cells(nb)
+    ids = [c.metadata.nbgrader["grade_id"] for _, c in marked]
+    assert len(ids) == len(set(ids)), "grade ids are unique"
+    exercises = exercise_cells(nb)
+    assert len(marked) == 2 * len(exercises), "one answer cell and one checker cell per exercise"
+    for index, cell in marked:
+        meta = cell.metadata.nbgrader
+        assert set(meta) <= set(NBGRADER_KEYS) and {"schema_version", "grade", "locked", "solution"} <= set(meta)
+        assert all(isinstance(meta[k], NBGRADER_KEYS[k]) for k in meta), meta
+        assert meta["schema_version"] == 3 and not meta["task"] and cell.cell_type == "code"
+        assert re.fullmatch(r"[a-zA-Z0-9_\-]+", meta["grade_id"])
+        assert ("points" in meta) == meta["grade"]
+    for exercise, index in exercises.items():
+        answer = nb.cells[index].metadata.nbgrader
+        assert answer["solution"] and not answer["grade"] and not answer["locked"]
+        checker = nb.cells[checker_cell_index(nb, index)].metadata.nbgrader
+        assert checker["grade"] and checker["locked"] and not checker["solution"] and checker["points"] > 0
+        assert checker["grade_id"] == answer["grade_id"] + "_check" == f"exercise_{exercise.replace('.', '_')}_check"
+
+
+def test_nbgrader_metadata_is_up_to_date(solved):
+    path, nb = solved
+    marked = copy.deepcopy(nb)
+    mark_for_nbgrader(marked)
+    assert marked == nb, "refresh with `make students`"
+
+
+def test_an_exercise_without_a_checker_is_refused():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "# Exercise 9.1: x\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION"), nbformat.v4.new_code_cell("print(x)")])
+    with pytest.raises(NotebookFormatError, match="no checker cell"):
+        mark_for_nbgrader(nb)

@@ -17,6 +17,7 @@ import torch
 
 from course_lib.data import PROJECT_ROOT
 from course_lib.io import atomic_path
+from course_lib.progress import record_pass
 
 PREDICTIONS_FILE = PROJECT_ROOT / "notebooks" / "my_predictions.json"
 PREDICTIONS_ENV = "COURSE_PREDICTIONS_FILE"  # set by the tests, so that `make test` never touches a learner's file
@@ -27,7 +28,8 @@ class ExerciseError(AssertionError):
 
 
 def passed(exercise: str, what: str) -> None:
-    """Print the confirmation for a correct answer."""
+    """Print the confirmation for a correct answer and record it in the learner's progress file."""
+    record_pass(exercise)
     print(f"✅ Exercise {exercise} passed: {what}")
 
 
