@@ -10,7 +10,18 @@ import torch
 
 from course_lib.data import FASHION_MNIST_CLASSES
 
-PALETTE = ("#1f5f8b", "#e07a24", "#3a9d5d", "#c0392b", "#7d5ba6", "#8c6d3f", "#d35fb7", "#6b7b8c")
+# Okabe & Ito's colour-blind-safe palette (blue, orange, bluish green, vermillion, reddish purple, sky blue, black,
+# yellow last: it is faint on white). Line series also differ by line style, in the same cycle, so that no plot
+# relies on colour alone.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
+LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 2, 2, 2)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def series_style(index: int) -> dict[str, object]:
+    """Colour, line style and marker of a plot's ``index``-th series: series differ by all three, not colour alone."""
+    i = index % len(PALETTE)
+    return {"color": PALETTE[i], "linestyle": LINE_STYLES[i], "marker": MARKERS[i]}
 
 
 def use_course_style() -> None:
@@ -18,7 +29,8 @@ def use_course_style() -> None:
     mpl.rcParams.update({
         "figure.figsize": (7.0, 4.0), "figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3,
         "axes.spines.top": False, "axes.spines.right": False, "axes.titleweight": "bold",
-        "axes.prop_cycle": mpl.cycler(color=PALETTE), "font.size": 10, "legend.frameon": False,
+        "axes.prop_cycle": mpl.cycler(color=PALETTE) + mpl.cycler(linestyle=LINE_STYLES), "font.size": 10,
+        "legend.frameon": False,
     })
 
 

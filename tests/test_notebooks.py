@@ -209,3 +209,18 @@ def test_an_exercise_without_a_checker_is_refused():
         "# Exercise 9.1: x\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION"), nbformat.v4.new_code_cell("print(x)")])
     with pytest.raises(NotebookFormatError, match="no checker cell"):
         mark_for_nbgrader(nb)
+
+
+_FIGURE_WORDS = re.compile(r"\*Figure:\*|\b(?:plot|panel|histogram|chart|curve|heatmap|bars?|axis|axes|dots?|lines?|"
+                           r"scatter|map|grid|figure|row|column)s?\b", re.I)
+
+
+def test_every_figure_is_described_next_to_it(solved):
+    """Accessibility: each figure has a caption, or a sentence beside it saying what it shows."""
+    _, nb = solved
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or not any("image/png" in o.get("data", {}) for o in cell.get("outputs", [])):
+            continue
+        beside = [nb.cells[i].source for i in (index - 1, index + 1)
+                  if 0 <= i < len(nb.cells) and nb.cells[i].cell_type == "markdown"]
+        assert any(_FIGURE_WORDS.search(text) for text in beside), f"cell {index} draws a figure with no caption"

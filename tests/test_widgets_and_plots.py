@@ -7,6 +7,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from course_lib.data import FASHION_MNIST_CLASSES  # noqa: E402
+from course_lib import plots  # noqa: E402
 from course_lib.plots import bar_panels, show_images, use_course_style  # noqa: E402
 from course_lib.widgets import draw_prediction, prediction_browser  # noqa: E402
 
@@ -284,3 +285,52 @@ def test_memory_explorer_follows_its_controls():
     assert bigger["activations"] == pytest.approx(4 * plain["activations"], rel=0.01)
     with pytest.raises(ValueError, match="the cache holds batch sizes"):
         W.summarize_memory_choice(grid, 100, 1, "float32")
+
+
+# Machado, Oliveira & Fernandes (2009) simulation matrices (severity 1) in linear RGB.
+_COLOUR_BLINDNESS = {
+    "protanopia": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]],
+    "deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]],
+    "tritanopia": [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]],
+}
+
+
+def _lab_as_seen(hex_colour, matrix):
+    import numpy as np
+
+    srgb = np.array([int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ np.clip(
+        np.array(matrix) @ linear, 0, 1) / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def _closest_pair_as_seen(palette, matrix):
+    import itertools
+
+    import numpy as np
+
+    seen = [_lab_as_seen(c, matrix) for c in palette]
+    return min(float(np.linalg.norm(a - b)) for a, b in itertools.combinations(seen, 2))
+
+
+@pytest.mark.parametrize("deficiency", sorted(_COLOUR_BLINDNESS))
+def test_palette_stays_distinguishable_with_colour_blindness(deficiency):
+    """Every two palette colours stay at least 15 CIELAB units apart as a protanope, deuteranope or tritanope
+    sees them (the course's first palette had a red and a green 8.7 apart for deuteranopes)."""
+    matrix = _COLOUR_BLINDNESS[deficiency]
+    assert _closest_pair_as_seen(plots.PALETTE, matrix) >= 15
+    assert _closest_pair_as_seen(("#1f5f8b", "#e07a24", "#3a9d5d", "#c0392b", "#7d5ba6", "#8c6d3f"),
+                                 _COLOUR_BLINDNESS["deuteranopia"]) < 15
+
+
+def test_line_series_differ_by_style_as_well_as_colour():
+    use_course_style()
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()
+    assert len(set(cycle["color"])) == len(set(map(str, cycle["linestyle"]))) == len(plots.PALETTE)
+    fig, ax = plt.subplots()
+    lines = [ax.plot([0, 1], [i, i + 1])[0] for i in range(4)]
+    assert [line.get_linestyle() for line in lines] == ["-", "--", "-.", ":"]
+    assert len({line.get_color() for line in lines}) == 4
+    plt.close(fig)
