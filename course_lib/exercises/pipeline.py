@@ -297,6 +297,9 @@ def check_p99(p99_fn: Callable[[list[float]], float]) -> None:
     passed("8.4", "the 99th percentile: only 1 % of the calls are slower")
 
 
+REALTIME_ATTEMPTS = 3  # real-clock runs of exercise 8.5's check before a miss counts
+
+
 def check_fraud_budget(path: str | os.PathLike, max_batch: int, max_wait_ms: float, rate_per_s: float | None = None,
                        realtime_s: float = 2.0) -> None:
     """Exercise 8.5 (hands-on): the fraud scorer shipped as the ONNX file ``path`` meets the case study's budget,
@@ -366,14 +369,22 @@ def check_fraud_budget(path: str | os.PathLike, max_batch: int, max_wait_ms: flo
              f"{simulated * 1000:.2f} ms (a batch of {max_batch} takes {service(max_batch) * 1000:.2f} ms)",
              "a smaller or faster model, a larger max batch or a shorter wait; if other programs are running, "
              "close them and check again (the service times are measured now).")
-    live = serving.poisson_arrivals(rate_per_s, max(1, int(rate_per_s * realtime_s)), seed=4)
-    with torch.inference_mode():
-        run = serving.run_realtime(lambda n: scorer(data.test.dense[:n], data.test.ids[:n]), live, max_batch,
-                                   wait / 1000, time_limit_s=3 * realtime_s)
-    if run.unserved or run.p99_ms > C.P99_BUDGET_MS:
+    # The real clock confirms the simulation. One short run can catch a stall of the machine (another program, the
+    # garbage collector), so a miss is run again with new arrivals, up to REALTIME_ATTEMPTS runs; all are reported.
+    attempts = []
+    for attempt in range(REALTIME_ATTEMPTS):
+        live = serving.poisson_arrivals(rate_per_s, max(1, int(rate_per_s * realtime_s)), seed=4 + attempt)
+        with torch.inference_mode():
+            run = serving.run_realtime(lambda n: scorer(data.test.dense[:n], data.test.ids[:n]), live, max_batch,
+                                       wait / 1000, time_limit_s=3 * realtime_s)
+        attempts.append(run)
+        if not run.unserved and run.p99_ms <= C.P99_BUDGET_MS:
+            break
+    else:
         fail("8.5", f"a real-clock p99 <= {C.P99_BUDGET_MS:g} ms with every transaction served",
-             f"p99 {run.p99_ms:.2f} ms, {run.unserved} unserved",
+             ", ".join(f"p99 {r.p99_ms:.2f} ms ({r.unserved} unserved)" for r in attempts) + f" in {len(attempts)} runs",
              "the simulation passed, so the machine may be busy: close other programs and run the check again.")
     passed("8.5", f"{size:,} bytes, validation PR-AUC {yours:.3f} (fp32 {reference:.3f}), p99 "
                   f"{simulated * 1000:.2f} ms simulated and {run.p99_ms:.2f} ms on the real clock at "
-                  f"{rate_per_s:,.0f} transactions/s")
+                  f"{rate_per_s:,.0f} transactions/s" + (f" (real-clock run {len(attempts)} of {REALTIME_ATTEMPTS}; "
+                  "earlier: " + ", ".join(f"{r.p99_ms:.2f} ms" for r in attempts[:-1]) + ")" if len(attempts) > 1 else ""))
