@@ -74,3 +74,13 @@ def test_a_cpp_compiler_is_installed():
 
     assert cpp_compiler(), ("no C++ compiler found ($CXX, c++, g++, clang++): torch.compile on a CPU needs one. "
                             "Install one (Debian/Ubuntu: `sudo apt-get install g++`; macOS: `xcode-select --install`).")
+
+
+def test_setup_switches_jupyterlab_news_and_update_check_off():
+    """`make lab` opens on the course, not on a pop-up asking whether to fetch Jupyter news."""
+    import json
+
+    overrides = json.loads((Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json").read_text())
+    notifications = overrides["@jupyterlab/apputils-extension:notification"]
+    assert notifications == {"fetchNews": "false", "checkForUpdates": False}
+    assert overrides == json.loads((ROOT / "course_lib" / "jupyterlab_overrides.json").read_text())
