@@ -40,13 +40,13 @@ def _exercises_only(notebook):
 def graded_room(tmp_path_factory):
     """Four learners handing in notebook 00, graded with the command line: the solved notebook, the untouched
     student copy, the solved notebook with 0.2 wrong (8 bytes per fp32 weight), and the student copy with 0.1 right
-    and a syntax error in 0.2 (only the exercises' part of the notebook, to save time)."""
+    and a syntax error in 0.2 (the last two: only the exercises' part of the notebook, to save time)."""
     room = tmp_path_factory.mktemp("room")
     solved = nbformat.read(str(SOLVED), as_version=4)
     student = nbformat.read(str(student_path(SOLVED)), as_version=4)
     _write(solved, room / "alice" / SOLVED.name)
     _write(student, room / "bob" / SOLVED.name)
-    _write(_answer(solved, "0.2", "n_bytes = 8 * n_parameters"), room / "carol" / SOLVED.name)
+    _write(_answer(_exercises_only(solved), "0.2", "n_bytes = 8 * n_parameters"), room / "carol" / SOLVED.name)
     dave = _answer(_exercises_only(student), "0.1", "n_parameters = (784 * 300 + 300) + (300 * 100 + 100) + (100 * 10 + 10)")
     _write(_answer(dave, "0.2", "n_bytes = 4 * n_parameters)"), room / "dave" / SOLVED.name)
     before = {path: path.read_bytes() for path in room.rglob("*.ipynb")}
