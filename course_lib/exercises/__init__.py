@@ -83,10 +83,11 @@ def check_number(exercise: str, name: str, value: object, expected: float, rel_t
         passed(exercise, f"{name} = {got:,}")
         return
     mistake_hint = diagnose(got, mistakes or {}, default="", rel_tol=max(rel_tol, 1e-9))
+    bare = name.removeprefix("the ")  # "the number of MACs" -> "a different number of MACs", not "a different the ..."
     if mistake_hint:
-        fail(exercise, f"a different {name}", f"{got:,}", mistake_hint)
+        fail(exercise, f"a different {bare}", f"{got:,}", mistake_hint)
     direction = "too small" if got < expected else "too large"
-    fail(exercise, f"{name} within {rel_tol:.0%} of the right value" if rel_tol else f"the exact {name}",
+    fail(exercise, f"{name} within {rel_tol:.0%} of the right value" if rel_tol else f"the exact {bare}",
          f"{got:,} ({direction})", hint)
 
 
