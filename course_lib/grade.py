@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import nbformat
 
 from course_lib.exercises import PREDICTIONS_ENV
 from course_lib.io import atomic_path
-from course_lib.notebooks import KERNEL_NAME, checker_cell_index, exercise_cells, solved_notebooks
+from course_lib.notebooks import KERNEL_NAME, checker_cell_index, exercise_cells, nbgrader_id, solved_notebooks
 from course_lib.progress import PROGRESS_ENV, passed_exercises
 
 DEFAULT_TIMEOUT_S = 900  # the longest notebook runs in ~4 minutes on 2 cores
@@ -124,11 +123,11 @@ def expected_exercises(found: dict[str, int]) -> dict[str, float]:
 def exercise_points(notebook: nbformat.NotebookNode) -> dict[str, float]:
     """``{"N.M": points}`` from the nbgrader metadata of the checker cells (1 point where there is none)."""
     points = dict.fromkeys(exercise_cells(notebook), 1.0)
-    for cell in notebook.cells:
-        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", "")
-        match = re.fullmatch(r"exercise_(\d+)_(\d+)_check", grade_id)
-        if match and f"{match.group(1)}.{match.group(2)}" in points:
-            points[f"{match.group(1)}.{match.group(2)}"] = float(cell.metadata["nbgrader"]["points"])
+    checkers = {cell.metadata.get("nbgrader", {}).get("grade_id"): cell for cell in notebook.cells}
+    for exercise in points:
+        checker = checkers.get(nbgrader_id(exercise, "check"))
+        if checker is not None:
+            points[exercise] = float(checker.metadata["nbgrader"]["points"])
     return points
 
 
